@@ -1,0 +1,162 @@
+// Package config reads wxdomain's settings from the environment and the
+// platforms file. Only cmd/ calls it; nothing below cmd reads the environment.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/wxdomain/wxdomain/internal/wechat"
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+// Config is every setting, with defaults applied.
+type Config struct {
+	RedisURL        string
+	WeChatBaseURL   string
+	PlatformsFile   string
+	Concurrency     int
+	RetryBase       time.Duration
+	RetryMax        time.Duration
+	MaxAttempts     int
+	ResultTTL       time.Duration
+	MaxDomains      int
+	HTTPTimeout     time.Duration
+	ShutdownTimeout time.Duration
+	TokenMargin     time.Duration
+	Queue           string
+	KeyPrefix       string
+	LogLevel        zapcore.Level
+	LogFormat       string
+}
+
+// Default returns the settings used when nothing is set.
+func Default() Config {
+	return Config{
+		RedisURL:        "redis://127.0.0.1:6379/0",
+		WeChatBaseURL:   wechat.DefaultBaseURL,
+		Concurrency:     20,
+		RetryBase:       2 * time.Second,
+		RetryMax:        10 * time.Minute,
+		MaxAttempts:     12,
+		ResultTTL:       tasks.DefaultResultTTL,
+		MaxDomains:      tasks.DefaultMaxDomains,
+		HTTPTimeout:     15 * time.Second,
+		ShutdownTimeout: 30 * time.Second,
+		TokenMargin:     10 * time.Minute,
+		Queue:           tasks.QueueDefault,
+		KeyPrefix:       tasks.DefaultPrefix,
+		LogLevel:        zapcore.InfoLevel,
+		LogFormat:       "json",
+	}
+}
+
+// Setting describes one environment variable, for errors and the README.
+type Setting struct {
+	Env   string
+	parse func(c *Config, v string) error
+}
+
+// Settings lists every environment variable wxdomain reads.
+var Settings = []Setting{
+	{"WXDOMAIN_REDIS_URL", func(c *Config, v string) error { c.RedisURL = v; return checkRedisURL(v) }},
+	{"WXDOMAIN_WECHAT_BASE_URL", func(c *Config, v string) error { c.WeChatBaseURL = v; return checkHTTPURL(v) }},
+	{"WXDOMAIN_PLATFORMS_FILE", func(c *Config, v string) error { c.PlatformsFile = v; return nil }},
+	{"WXDOMAIN_CONCURRENCY", intSetting(func(c *Config) *int { return &c.Concurrency }, 1, 10000)},
+	{"WXDOMAIN_RETRY_BASE", durationSetting(func(c *Config) *time.Duration { return &c.RetryBase }, time.Millisecond)},
+	{"WXDOMAIN_RETRY_MAX", durationSetting(func(c *Config) *time.Duration { return &c.RetryMax }, time.Millisecond)},
+	{"WXDOMAIN_MAX_ATTEMPTS", intSetting(func(c *Config) *int { return &c.MaxAttempts }, 1, 100)},
+	{"WXDOMAIN_RESULT_TTL", durationSetting(func(c *Config) *time.Duration { return &c.ResultTTL }, time.Minute)},
+	{"WXDOMAIN_MAX_DOMAINS", intSetting(func(c *Config) *int { return &c.MaxDomains }, 1, 10000)},
+	{"WXDOMAIN_HTTP_TIMEOUT", durationSetting(func(c *Config) *time.Duration { return &c.HTTPTimeout }, 100*time.Millisecond)},
+	{"WXDOMAIN_SHUTDOWN_TIMEOUT", durationSetting(func(c *Config) *time.Duration { return &c.ShutdownTimeout }, time.Second)},
+	{"WXDOMAIN_TOKEN_REFRESH_MARGIN", durationSetting(func(c *Config) *time.Duration { return &c.TokenMargin }, 0)},
+	{"WXDOMAIN_QUEUE", func(c *Config, v string) error { c.Queue = v; return checkName(v) }},
+	{"WXDOMAIN_KEY_PREFIX", func(c *Config, v string) error { c.KeyPrefix = v; return checkName(v) }},
+	{"WXDOMAIN_LOG_LEVEL", func(c *Config, v string) error {
+		l, err := zapcore.ParseLevel(v)
+		if err != nil {
+			return errors.New("want debug, info, warn or error")
+		}
+		c.LogLevel = l
+		return nil
+	}},
+	{"WXDOMAIN_LOG_FORMAT", func(c *Config, v string) error {
+		if v != "json" && v != "console" {
+			return errors.New("want json or console")
+		}
+		c.LogFormat = v
+		return nil
+	}},
+}
+
+// FromEnv reads the settings; unset or empty variables keep their defaults.
+// The error names every bad setting.
+func FromEnv(getenv func(string) string) (Config, error) {
+	c := Default()
+	var errs []error
+	for _, s := range Settings {
+		v := strings.TrimSpace(getenv(s.Env))
+		if v == "" {
+			continue
+		}
+		if err := s.parse(&c, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.Env, err))
+		}
+	}
+	if err := c.Check(); err != nil {
+		errs = append(errs, err)
+	}
+	return c, errors.Join(errs...)
+}
+
+// Check validates relations between settings (after flags override them).
+func (c Config) Check() error {
+	if c.RetryMax < c.RetryBase {
+		return fmt.Errorf("WXDOMAIN_RETRY_MAX (%s) is shorter than WXDOMAIN_RETRY_BASE (%s)", c.RetryMax, c.RetryBase)
+	}
+	return nil
+}
+
+func intSetting(field func(*Config) *int, lo, hi int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < lo || n > hi {
+			return fmt.Errorf("%q: want a whole number from %d to %d", v, lo, hi)
+		}
+		*field(c) = n
+		return nil
+	}
+}
+
+func durationSetting(field func(*Config) *time.Duration, lo time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < lo {
+			return fmt.Errorf("%q: want a duration such as 30s, 10m or 168h, at least %s", v, lo)
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+func checkHTTPURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q: want http(s)://host[:port]", v)
+	}
+	return nil
+}
+
+func checkName(v string) error {
+	if len(v) > 64 || strings.ContainsFunc(v, func(r rune) bool { return r <= ' ' || r == '{' || r == '}' || r > 0x7e }) {
+		return fmt.Errorf("%q: want at most 64 printable ASCII characters without spaces or braces", v)
+	}
+	return nil
+}

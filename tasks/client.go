@@ -1,0 +1,331 @@
+package tasks
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+)
+
+// ClientConfig configures a Client. The zero value works with the defaults.
+type ClientConfig struct {
+	// Prefix namespaces wxdomain's Redis keys; default DefaultPrefix.
+	Prefix string
+	// Queue the changes go to; default QueueDefault.
+	Queue string
+	// ResultTTL is how long records stay readable; default DefaultResultTTL.
+	ResultTTL time.Duration
+	// Rules validate every change before it is enqueued.
+	Rules Rules
+	// PollInterval is the longest pause between two reads in Wait; default 1s.
+	PollInterval time.Duration
+}
+
+// EnqueueOptions are per-submission options.
+type EnqueueOptions struct {
+	// IdempotencyKey makes a repeated submission return the first one's
+	// record; the same key with a different change is refused with
+	// ErrIdempotencyConflict.
+	IdempotencyKey string
+	// Queue overrides the client's queue for this change.
+	Queue string
+	// ProcessAt schedules the change for later; zero means now.
+	ProcessAt time.Time
+}
+
+// ErrIdempotencyConflict is returned when an idempotency key was first used
+// for a different change.
+var ErrIdempotencyConflict = errors.New("idempotency key already used for a different change")
+
+// ErrInvalidIdempotencyKey is returned for an empty-after-trim or oversized key.
+var ErrInvalidIdempotencyKey = errors.New("idempotency key must be 1 to 255 printable characters")
+
+// Client enqueues changes and reads their records. It is safe for
+// concurrent use.
+type Client struct {
+	rdb     redis.UniversalClient
+	asynq   *asynq.Client
+	inspect *asynq.Inspector
+	store   *Store
+	cfg     ClientConfig
+}
+
+// NewClient returns a client over an existing Redis connection, which the
+// caller keeps ownership of.
+func NewClient(rdb redis.UniversalClient, cfg ClientConfig) *Client {
+	if cfg.Queue == "" {
+		cfg.Queue = QueueDefault
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if cfg.ResultTTL <= 0 {
+		cfg.ResultTTL = DefaultResultTTL
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = time.Second
+	}
+	return &Client{
+		rdb:     rdb,
+		asynq:   asynq.NewClientFromRedisClient(rdb),
+		inspect: asynq.NewInspectorFromRedisClient(rdb),
+		store:   NewStore(rdb, cfg.Prefix, cfg.ResultTTL),
+		cfg:     cfg,
+	}
+}
+
+// Store is the record store the client reads.
+func (c *Client) Store() *Store { return c.store }
+
+type idempotencyEntry struct {
+	TaskID      string `json:"task_id"`
+	Fingerprint string `json:"fingerprint"`
+}
+
+// Enqueue validates the change, records it as queued and puts it on the
+// queue. Nothing invalid reaches Redis: a *ValidationError is returned
+// instead. With an idempotency key, a repeated identical submission returns
+// the first record (Replayed set) and repairs a submission that was cut
+// short between writing the record and enqueueing.
+func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts EnqueueOptions) (*Record, error) {
+	if err := change.ValidateWith(c.cfg.Rules); err != nil {
+		return nil, err
+	}
+	queue := opts.Queue
+	if queue == "" {
+		queue = c.cfg.Queue
+	}
+	taskID := newTaskID()
+	if opts.IdempotencyKey != "" {
+		if !validKey(opts.IdempotencyKey) {
+			return nil, ErrInvalidIdempotencyKey
+		}
+		entry := idempotencyEntry{TaskID: taskID, Fingerprint: fingerprint(change, queue)}
+		b, _ := json.Marshal(entry)
+		key := c.cfg.Prefix + "idem:" + hashKey(opts.IdempotencyKey)
+		ok, err := c.rdb.SetNX(ctx, key, b, c.cfg.ResultTTL).Result()
+		if err != nil {
+			return nil, fmt.Errorf("store idempotency key: %w", err)
+		}
+		if !ok {
+			return c.replay(ctx, key, entry, change, queue, opts)
+		}
+	}
+	rec := newRecord(taskID, change, queue)
+	if _, err := c.store.Create(ctx, rec); err != nil {
+		return nil, err
+	}
+	if err := c.enqueueTask(ctx, rec, opts); err != nil {
+		if opts.IdempotencyKey == "" {
+			// Nobody can repair this submission, so don't leave a queued
+			// record behind that no worker will ever run.
+			_ = c.store.Delete(context.WithoutCancel(ctx), taskID)
+		}
+		return nil, err
+	}
+	return rec, nil
+}
+
+func (c *Client) replay(ctx context.Context, key string, want idempotencyEntry, change JumpDomainChange, queue string, opts EnqueueOptions) (*Record, error) {
+	b, err := c.rdb.Get(ctx, key).Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("read idempotency key: %w", err)
+	}
+	var got idempotencyEntry
+	if err := json.Unmarshal(b, &got); err != nil {
+		return nil, fmt.Errorf("decode idempotency key: %w", err)
+	}
+	if got.Fingerprint != want.Fingerprint {
+		return nil, fmt.Errorf("%w (task %s)", ErrIdempotencyConflict, got.TaskID)
+	}
+	rec, err := c.store.Get(ctx, got.TaskID)
+	if errors.Is(err, ErrTaskNotFound) {
+		// The first submission stopped before writing its record.
+		rec = newRecord(got.TaskID, change, queue)
+		if _, err := c.store.Create(ctx, rec); err != nil {
+			return nil, err
+		}
+		rec, err = c.store.Get(ctx, got.TaskID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rec.Status == StatusQueued {
+		// Possibly never enqueued: enqueueing again is harmless, asynq
+		// refuses a second task with the same id.
+		if err := c.enqueueTask(ctx, rec, opts); err != nil {
+			return nil, err
+		}
+	}
+	rec.Replayed = true
+	return rec, nil
+}
+
+func (c *Client) enqueueTask(ctx context.Context, rec *Record, opts EnqueueOptions) error {
+	aopts := []asynq.Option{asynq.TaskID(rec.TaskID), asynq.Queue(rec.Queue)}
+	if !opts.ProcessAt.IsZero() {
+		aopts = append(aopts, asynq.ProcessAt(opts.ProcessAt))
+	}
+	task, err := NewJumpDomainTask(rec.Change(), aopts...)
+	if err != nil {
+		return err
+	}
+	_, err = c.asynq.EnqueueContext(ctx, task)
+	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return fmt.Errorf("enqueue task %s: %w", rec.TaskID, err)
+	}
+	return nil
+}
+
+func newRecord(id string, change JumpDomainChange, queue string) *Record {
+	return &Record{
+		TaskID:    id,
+		Platform:  change.Platform,
+		Action:    change.Action,
+		Domains:   change.Domains,
+		Publish:   change.Publish,
+		Queue:     queue,
+		Status:    StatusQueued,
+		RolloutID: change.RolloutID,
+	}
+}
+
+// Get returns a task's record, or an error wrapping ErrTaskNotFound.
+func (c *Client) Get(ctx context.Context, taskID string) (*Record, error) {
+	if !validTaskID(taskID) {
+		return nil, fmt.Errorf("%w: %q is not a task id", ErrTaskNotFound, truncate(taskID))
+	}
+	return c.store.Get(ctx, taskID)
+}
+
+// Wait polls the record until it is final or ctx ends; on ctx's end it
+// returns the last record read together with ctx's error.
+func (c *Client) Wait(ctx context.Context, taskID string) (*Record, error) {
+	delay := 50 * time.Millisecond
+	for {
+		rec, err := c.Get(ctx, taskID)
+		if err != nil {
+			return rec, err
+		}
+		if rec.Status.Final() {
+			return rec, nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return rec, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(delay*2, c.cfg.PollInterval)
+	}
+}
+
+// Cancel stops a change that has not finished. A queued or retrying change
+// is removed from the queue and recorded as canceled at once. A running one
+// is interrupted; if WeChat answered before the interruption, the record
+// keeps that outcome. Cancel returns the record as it then stands, with
+// ErrFinal when the change had already finished.
+func (c *Client) Cancel(ctx context.Context, taskID string) (*Record, error) {
+	rec, err := c.Get(ctx, taskID)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Status.Final() {
+		return rec, ErrFinal
+	}
+	err = c.inspect.DeleteTask(rec.Queue, taskID)
+	switch {
+	case err == nil, errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
+		// Gone from the queue (or never reached it): nothing will run it.
+		// If a worker picked it up meanwhile, it sees the canceled record
+		// and stops before calling WeChat.
+		return c.markCanceled(ctx, taskID, "canceled before it ran")
+	}
+	// Running: ask the worker to stop. It records canceled when the
+	// context ends, unless WeChat answered first.
+	if _, err := c.store.Update(ctx, taskID, func(r *Record) error {
+		r.CancelRequested = true
+		return nil
+	}); err != nil && !errors.Is(err, ErrFinal) {
+		return nil, err
+	}
+	if err := c.inspect.CancelProcessing(taskID); err != nil {
+		return nil, fmt.Errorf("signal cancel of task %s: %w", taskID, err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rec, err = c.Wait(wctx, taskID)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return rec, nil // still winding down; the caller can poll
+	}
+	return rec, err
+}
+
+func (c *Client) markCanceled(ctx context.Context, taskID, why string) (*Record, error) {
+	rec, err := c.store.Update(ctx, taskID, func(r *Record) error {
+		r.Status = StatusCanceled
+		r.Error = why
+		return nil
+	})
+	if errors.Is(err, ErrFinal) {
+		return rec, ErrFinal
+	}
+	return rec, err
+}
+
+// Close releases the client's asynq handles; the Redis connection stays
+// open for its owner.
+func (c *Client) Close() error {
+	return errors.Join(c.asynq.Close(), c.inspect.Close())
+}
+
+func newTaskID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func validTaskID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, r := range id {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == ':' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func validKey(k string) bool {
+	if len(k) == 0 || len(k) > 255 {
+		return false
+	}
+	for _, r := range k {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func hashKey(k string) string {
+	h := sha256.Sum256([]byte(k))
+	return hex.EncodeToString(h[:])
+}
+
+func fingerprint(c JumpDomainChange, queue string) string {
+	b, _ := json.Marshal(struct {
+		C JumpDomainChange
+		Q string
+	}{c, queue})
+	return hashKey(string(b))
+}

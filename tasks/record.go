@@ -1,0 +1,209 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Status is where a change stands. The final ones never change again.
+type Status string
+
+// The statuses of a task record.
+const (
+	StatusQueued    Status = "queued"
+	StatusRunning   Status = "running"
+	StatusRetrying  Status = "retrying"
+	StatusSucceeded Status = "succeeded"
+	// StatusPartial: WeChat answered errcode 0 but listed domains that failed
+	// verification; those were not applied.
+	StatusPartial  Status = "partial"
+	StatusFailed   Status = "failed"
+	StatusCanceled Status = "canceled"
+)
+
+// Final reports whether s is an end state.
+func (s Status) Final() bool {
+	switch s {
+	case StatusSucceeded, StatusPartial, StatusFailed, StatusCanceled:
+		return true
+	}
+	return false
+}
+
+// DefaultResultTTL is how long a record stays readable after its last change.
+const DefaultResultTTL = 168 * time.Hour
+
+// Record is the outcome of one change, kept for callers to poll.
+type Record struct {
+	TaskID   string   `json:"task_id"`
+	Platform string   `json:"platform"`
+	Action   Action   `json:"action"`
+	Domains  []string `json:"domains"`
+	Publish  bool     `json:"publish"`
+	Queue    string   `json:"queue"`
+	Status   Status   `json:"status"`
+	// Attempts counts the runs that called WeChat.
+	Attempts int `json:"attempts"`
+	// ErrCode and ErrMsg are WeChat's answer to the last call, when there was one.
+	ErrCode *int   `json:"errcode,omitempty"`
+	ErrMsg  string `json:"errmsg,omitempty"`
+	// TestingDomains and PublishedDomains are the lists WeChat reported after
+	// the change. PublishedDomains is absent when WeChat left it out (a
+	// platform never released).
+	TestingDomains   *[]string `json:"testing_domains,omitempty"`
+	PublishedDomains *[]string `json:"published_domains,omitempty"`
+	InvalidDomains   []string  `json:"invalid_domains,omitempty"`
+	// Error says in plain words why the change failed or is being retried.
+	Error         string     `json:"error,omitempty"`
+	NextAttemptAt *time.Time `json:"next_attempt_at,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+	UpdatedAt     time.Time  `json:"updated_at"`
+	FinishedAt    *time.Time `json:"finished_at,omitempty"`
+	RolloutID     string     `json:"rollout_id,omitempty"`
+	// CancelRequested is set when a cancel reached a running task; the
+	// worker finishes the record as canceled when it notices.
+	CancelRequested bool `json:"cancel_requested,omitempty"`
+
+	// Replayed is true when Enqueue found an earlier submission with the
+	// same idempotency key and returned its record.
+	Replayed bool `json:"-"`
+}
+
+// Change is the change the record describes.
+func (r *Record) Change() JumpDomainChange {
+	return JumpDomainChange{Platform: r.Platform, Action: r.Action, Domains: r.Domains, Publish: r.Publish, RolloutID: r.RolloutID}
+}
+
+// ErrTaskNotFound is returned for a task id with no record (never existed,
+// or older than the result TTL).
+var ErrTaskNotFound = errors.New("task not found")
+
+// ErrFinal is returned by an update that tried to change a finished record.
+var ErrFinal = errors.New("task already finished")
+
+// Store keeps task records in Redis, one JSON string per task, expiring
+// ResultTTL after their last change.
+type Store struct {
+	rdb    redis.UniversalClient
+	prefix string
+	ttl    time.Duration
+	now    func() time.Time
+}
+
+// NewStore returns a record store. prefix namespaces every key (default
+// "wxdomain:"); ttl defaults to DefaultResultTTL.
+func NewStore(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if ttl <= 0 {
+		ttl = DefaultResultTTL
+	}
+	return &Store{rdb: rdb, prefix: prefix, ttl: ttl, now: time.Now}
+}
+
+// DefaultPrefix namespaces wxdomain's own Redis keys.
+const DefaultPrefix = "wxdomain:"
+
+func (s *Store) key(id string) string { return s.prefix + "record:" + id }
+
+// Get reads a record.
+func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
+	b, err := s.rdb.Get(ctx, s.key(id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read record %s: %w", id, err)
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("decode record %s: %w", id, err)
+	}
+	return &r, nil
+}
+
+// Create writes a new record unless one exists; it reports whether it wrote.
+func (s *Store) Create(ctx context.Context, r *Record) (bool, error) {
+	now := s.now().UTC()
+	if r.CreatedAt.IsZero() {
+		r.CreatedAt = now
+	}
+	r.UpdatedAt = now
+	b, err := json.Marshal(r)
+	if err != nil {
+		return false, fmt.Errorf("encode record %s: %w", r.TaskID, err)
+	}
+	ok, err := s.rdb.SetNX(ctx, s.key(r.TaskID), b, s.ttl).Result()
+	if err != nil {
+		return false, fmt.Errorf("write record %s: %w", r.TaskID, err)
+	}
+	return ok, nil
+}
+
+// Delete removes a record; used only to undo a submission that never reached the queue.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	return s.rdb.Del(ctx, s.key(id)).Err()
+}
+
+// Update applies fn to the record atomically (optimistic locking with WATCH,
+// retried on conflict). A final record is never changed: fn is not called
+// and the current record is returned with ErrFinal. fn may return an error
+// to abort without writing.
+func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (*Record, error) {
+	key := s.key(id)
+	var out *Record
+	txf := func(tx *redis.Tx) error {
+		b, err := tx.Get(ctx, key).Bytes()
+		if errors.Is(err, redis.Nil) {
+			return fmt.Errorf("%w: %s", ErrTaskNotFound, id)
+		}
+		if err != nil {
+			return err
+		}
+		var r Record
+		if err := json.Unmarshal(b, &r); err != nil {
+			return fmt.Errorf("decode record %s: %w", id, err)
+		}
+		out = &r
+		if r.Status.Final() {
+			return ErrFinal
+		}
+		if err := fn(&r); err != nil {
+			return err
+		}
+		now := s.now().UTC()
+		r.UpdatedAt = now
+		if r.Status.Final() && r.FinishedAt == nil {
+			r.FinishedAt = &now
+		}
+		if r.Status != StatusRetrying {
+			r.NextAttemptAt = nil
+		}
+		nb, err := json.Marshal(&r)
+		if err != nil {
+			return fmt.Errorf("encode record %s: %w", id, err)
+		}
+		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.Set(ctx, key, nb, s.ttl)
+			return nil
+		})
+		return err
+	}
+	for i := 0; i < 50; i++ {
+		err := s.rdb.Watch(ctx, txf, key)
+		if errors.Is(err, redis.TxFailedErr) {
+			continue
+		}
+		if err != nil && !errors.Is(err, ErrFinal) && !errors.Is(err, ErrTaskNotFound) {
+			return out, fmt.Errorf("update record %s: %w", id, err)
+		}
+		return out, err
+	}
+	return out, fmt.Errorf("update record %s: too much contention", id)
+}

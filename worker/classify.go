@@ -1,0 +1,150 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/wxdomain/wxdomain/internal/token"
+	"github.com/wxdomain/wxdomain/internal/wechat"
+)
+
+// Kind is what the worker does about an outcome.
+type Kind int
+
+// The kinds of outcome.
+const (
+	// KindRetry: try again later with backoff, counting an attempt.
+	KindRetry Kind = iota + 1
+	// KindRefreshToken: drop the token that failed, fetch a new one, call again at once.
+	KindRefreshToken
+	// KindFail: fail for good; retrying cannot help.
+	KindFail
+	// KindCanceled: the attempt's context ended (cancel, shutdown or timeout).
+	KindCanceled
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindRetry:
+		return "retry"
+	case KindRefreshToken:
+		return "refresh_token"
+	case KindFail:
+		return "fail"
+	case KindCanceled:
+		return "canceled"
+	}
+	return fmt.Sprintf("Kind(%d)", int(k))
+}
+
+// Policy says which upstream errcodes are retried and which mean the token
+// was refused; every other errcode fails the change for good. It is
+// configuration, so a newly observed code needs no release.
+type Policy struct {
+	RetryCodes []int
+	TokenCodes []int
+}
+
+// DefaultPolicy follows shared/docs/wechat-api.md.
+func DefaultPolicy() Policy {
+	return Policy{
+		RetryCodes: []int{-1},
+		TokenCodes: []int{40001, 40014, 42001},
+	}
+}
+
+// Decision is the verdict on one outcome.
+type Decision struct {
+	Kind Kind
+	// Reason is a plain-words explanation for the task record.
+	Reason string
+	// APIErr is set when WeChat answered with an errcode.
+	APIErr *wechat.APIError
+}
+
+// Classify is the one place that decides what an error means.
+func (p Policy) Classify(err error) Decision {
+	var (
+		apiErr   *wechat.APIError
+		fetchErr *token.FetchError
+		tErr     *wechat.TransportError
+	)
+	switch {
+	case err == nil:
+		return Decision{}
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return Decision{Kind: KindCanceled, Reason: "the attempt was interrupted: " + err.Error()}
+	case errors.Is(err, token.ErrUnknownPlatform):
+		return Decision{Kind: KindFail, Reason: "the platform is not in the workers' platforms file, so there is no secret to get a token with"}
+	case errors.As(err, &fetchErr):
+		return p.classifyTokenFetch(fetchErr)
+	case errors.As(err, &apiErr):
+		return p.classifyAPI(apiErr)
+	case errors.As(err, &tErr):
+		return Decision{Kind: KindRetry, Reason: "could not reach WeChat: " + tErr.Error()}
+	}
+	// Redis and anything unforeseen: retried, never swallowed.
+	return Decision{Kind: KindRetry, Reason: "internal error: " + err.Error()}
+}
+
+func (p Policy) classifyAPI(e *wechat.APIError) Decision {
+	d := Decision{APIErr: e}
+	switch {
+	case slices.Contains(p.RetryCodes, e.Code):
+		d.Kind = KindRetry
+	case slices.Contains(p.TokenCodes, e.Code):
+		d.Kind = KindRefreshToken
+	default:
+		d.Kind = KindFail
+	}
+	d.Reason = explain(e)
+	return d
+}
+
+// A token that cannot be had is retried with backoff: tickets arrive every
+// ten minutes and an operator can fix a whitelist or a secret meanwhile.
+func (p Policy) classifyTokenFetch(e *token.FetchError) Decision {
+	var apiErr *wechat.APIError
+	switch {
+	case errors.Is(e, token.ErrNoTicket):
+		return Decision{Kind: KindRetry, Reason: fmt.Sprintf("no component_verify_ticket stored for platform %s yet: WeChat pushes one every 10 minutes, or store one with `wxdomain ticket set %s TICKET`", e.AppID, e.AppID)}
+	case errors.As(e, &apiErr):
+		return Decision{Kind: KindRetry, APIErr: apiErr, Reason: "WeChat refused to issue a component token: " + explain(apiErr)}
+	}
+	return Decision{Kind: KindRetry, Reason: e.Error()}
+}
+
+// explain turns an errcode into words an operator can act on, keeping
+// WeChat's own errmsg.
+func explain(e *wechat.APIError) string {
+	var what string
+	switch e.Code {
+	case -1:
+		what = "WeChat is busy"
+	case 61028:
+		what = "the third-party platform is not released, so its published configuration cannot be changed"
+	case 65316:
+		what = "the platform has reached its jump-domain limit; delete unused domains first"
+	case 9410016:
+		what = "WeChat refused invalid domain(s)"
+	case 40052:
+		what = "WeChat refused the action"
+	case 40001, 40014, 42001:
+		what = "WeChat refused the component token"
+	case 61004:
+		what = "this server's IP address is not on the platform's whitelist (operator needed)"
+	case 61005, 61006:
+		what = "the component_verify_ticket is expired or invalid (operator needed: check ticket pushes)"
+	case 45009:
+		what = "the daily API quota is used up; it resets at 00:00 China time"
+	case 45011:
+		what = "the per-minute frequency limit was hit"
+	case 40125:
+		what = "the platform's app secret is wrong (operator needed)"
+	default:
+		what = "WeChat refused the change"
+	}
+	return fmt.Sprintf("%s (errcode %d: %s)", what, e.Code, e.Msg)
+}

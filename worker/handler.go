@@ -1,0 +1,273 @@
+// Package worker executes jump-domain changes: it takes tasks from asynq,
+// calls WeChat, decides what each outcome means and records it.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"go.uber.org/zap"
+
+	"github.com/wxdomain/wxdomain/internal/wechat"
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+// Upstream is the part of WeChat's API the worker calls.
+type Upstream interface {
+	ModifyJumpDomain(ctx context.Context, token string, ch wechat.JumpDomainChange) (wechat.JumpDomains, error)
+}
+
+// Tokens hands out component tokens and drops one that WeChat refused.
+type Tokens interface {
+	Token(ctx context.Context, appid string) (string, error)
+	Invalidate(ctx context.Context, appid, failed string) error
+}
+
+// Config tunes retries.
+type Config struct {
+	RetryBase   time.Duration // first backoff ceiling; default 2s
+	RetryMax    time.Duration // backoff ceiling; default 10m
+	MaxAttempts int           // attempts before giving up; default 12
+	Policy      Policy        // errcode classification; default DefaultPolicy()
+}
+
+// RetryError asks asynq to run the task again after Delay (read by
+// RetryDelay). The handler picks the delay so that the record can show when
+// the next attempt is due.
+type RetryError struct {
+	Delay time.Duration
+	Err   error
+}
+
+func (e *RetryError) Error() string { return fmt.Sprintf("retry in %s: %v", e.Delay.Round(time.Millisecond), e.Err) }
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// Handler processes tasks.TypeJumpDomain tasks. Running it twice for the
+// same task is safe: a task whose record is final is not executed again.
+type Handler struct {
+	store    *tasks.Store
+	tokens   Tokens
+	upstream Upstream
+	cfg      Config
+	log      *zap.Logger
+}
+
+// NewHandler returns a handler.
+func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, cfg Config, log *zap.Logger) *Handler {
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = 2 * time.Second
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 10 * time.Minute
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 12
+	}
+	if cfg.Policy.RetryCodes == nil && cfg.Policy.TokenCodes == nil {
+		cfg.Policy = DefaultPolicy()
+	}
+	return &Handler{store: store, tokens: tokens, upstream: upstream, cfg: cfg, log: log}
+}
+
+// ProcessTask implements asynq.Handler.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	change, err := tasks.ParseJumpDomainChange(t.Payload())
+	if err != nil {
+		h.log.Error("dropping malformed task", zap.String("task_id", t.ResultWriter().TaskID()), zap.Error(err))
+		return fmt.Errorf("%v: %w", err, asynq.SkipRetry)
+	}
+	id := t.ResultWriter().TaskID()
+	queue, _ := asynq.GetQueueName(ctx)
+
+	rec, err := h.begin(ctx, id, queue, change)
+	switch {
+	case errors.Is(err, tasks.ErrFinal):
+		return nil // already done by an earlier run (at-least-once delivery)
+	case err != nil:
+		return err // Redis trouble: asynq retries
+	case rec.Status == tasks.StatusCanceled:
+		return nil
+	case rec.Status == tasks.StatusFailed:
+		return fmt.Errorf("%s: %w", rec.Error, asynq.SkipRetry)
+	}
+
+	res, err := h.call(ctx, change)
+	return h.finish(ctx, rec, res, err)
+}
+
+// begin marks the record running and counts the attempt; it creates the
+// record if the task was enqueued without one.
+func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (*tasks.Record, error) {
+	update := func(r *tasks.Record) error {
+		switch {
+		case r.CancelRequested:
+			r.Status, r.Error = tasks.StatusCanceled, "canceled before it ran"
+		case r.Attempts >= h.cfg.MaxAttempts:
+			// Earlier runs never finished (worker killed, timed out).
+			r.Status = tasks.StatusFailed
+			r.Error = fmt.Sprintf("gave up after %d attempts; the last did not finish (worker stopped or attempt timed out)", r.Attempts)
+		default:
+			r.Status = tasks.StatusRunning
+			r.Attempts++
+		}
+		return nil
+	}
+	rec, err := h.store.Update(ctx, id, update)
+	if errors.Is(err, tasks.ErrTaskNotFound) {
+		// Enqueued by a bare asynq producer, or the record expired.
+		_, err = h.store.Create(ctx, &tasks.Record{
+			TaskID: id, Platform: change.Platform, Action: change.Action, Domains: change.Domains,
+			Publish: change.Publish, Queue: queue, Status: tasks.StatusQueued, RolloutID: change.RolloutID,
+		})
+		if err != nil {
+			return nil, err
+		}
+		rec, err = h.store.Update(ctx, id, update)
+	}
+	return rec, err
+}
+
+// call makes the upstream call; a refused token is dropped (only if it is
+// still the shared one), fetched anew, and the call made once more at once.
+func (h *Handler) call(ctx context.Context, change tasks.JumpDomainChange) (wechat.JumpDomains, error) {
+	req := wechat.JumpDomainChange{Action: string(change.Action), Domains: change.Domains, Publish: change.Publish}
+	tok, err := h.tokens.Token(ctx, change.Platform)
+	if err != nil {
+		return wechat.JumpDomains{}, err
+	}
+	res, err := h.upstream.ModifyJumpDomain(ctx, tok, req)
+	if h.cfg.Policy.Classify(err).Kind != KindRefreshToken {
+		return res, err
+	}
+	if err := h.tokens.Invalidate(ctx, change.Platform, tok); err != nil {
+		return res, err
+	}
+	if tok, err = h.tokens.Token(ctx, change.Platform); err != nil {
+		return res, err
+	}
+	return h.upstream.ModifyJumpDomain(ctx, tok, req)
+}
+
+// finish records the outcome and tells asynq what to do next.
+func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, callErr error) error {
+	log := h.log.With(zap.String("task_id", rec.TaskID), zap.String("platform", rec.Platform), zap.String("action", string(rec.Action)))
+	if callErr == nil {
+		_, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
+			applyAnswer(r, res)
+			return nil
+		})
+		if err != nil && !errors.Is(err, tasks.ErrFinal) {
+			return err
+		}
+		log.Debug("change applied", zap.Int("invalid_domains", len(res.Invalid)))
+		return nil
+	}
+
+	d := h.cfg.Policy.Classify(callErr)
+	if d.Kind == KindCanceled {
+		return h.interrupted(ctx, rec, callErr)
+	}
+	var next time.Duration
+	_, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
+		r.Error = d.Reason
+		if d.APIErr != nil {
+			code := d.APIErr.Code
+			r.ErrCode, r.ErrMsg = &code, d.APIErr.Msg
+		}
+		switch {
+		case d.Kind == KindFail:
+			r.Status = tasks.StatusFailed
+		case r.Attempts >= h.cfg.MaxAttempts:
+			r.Status = tasks.StatusFailed
+			r.Error = fmt.Sprintf("gave up after %d attempts: %s", r.Attempts, d.Reason)
+		default:
+			next = h.backoff(r.Attempts)
+			at := time.Now().Add(next).UTC()
+			r.Status, r.NextAttemptAt = tasks.StatusRetrying, &at
+		}
+		return nil
+	})
+	if errors.Is(err, tasks.ErrFinal) {
+		return nil // canceled meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	if next > 0 {
+		log.Debug("change will be retried", zap.Duration("retry_in", next), zap.String("reason", d.Reason))
+		return &RetryError{Delay: next, Err: errors.New(d.Reason)}
+	}
+	log.Warn("change failed", zap.String("reason", d.Reason))
+	return fmt.Errorf("%s: %w", d.Reason, asynq.SkipRetry)
+}
+
+// interrupted records a run whose context ended: a cancel request makes it
+// canceled; a shutdown or timeout puts it back to be retried.
+func (h *Handler) interrupted(ctx context.Context, rec *tasks.Record, cause error) error {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, err := h.store.Update(wctx, rec.TaskID, func(r *tasks.Record) error {
+		if r.CancelRequested {
+			r.Status = tasks.StatusCanceled
+			r.Error = "canceled while running; the call to WeChat may or may not have taken effect (check with a get)"
+			return nil
+		}
+		r.Status = tasks.StatusRetrying
+		r.Error = "interrupted (" + cause.Error() + "); it will run again"
+		return nil
+	})
+	if err != nil && !errors.Is(err, tasks.ErrFinal) {
+		return errors.Join(cause, err)
+	}
+	return cause
+}
+
+func applyAnswer(r *tasks.Record, res wechat.JumpDomains) {
+	zero := 0
+	r.ErrCode, r.ErrMsg = &zero, res.ErrMsg
+	testing := nonNil(res.Testing)
+	r.TestingDomains = &testing
+	r.PublishedDomains = nil
+	if res.Published != nil {
+		published := res.Published
+		r.PublishedDomains = &published
+	}
+	r.InvalidDomains = res.Invalid
+	r.Error = ""
+	r.Status = tasks.StatusSucceeded
+	if len(res.Invalid) > 0 {
+		r.Status = tasks.StatusPartial
+		r.Error = "WeChat accepted the call but did not apply domains that failed verification (see invalid_domains); each must serve the verification file at its root"
+	}
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// backoff is exponential with full jitter: uniform in [0, min(max, base·2^(n-1))].
+func (h *Handler) backoff(attempt int) time.Duration {
+	ceiling := h.cfg.RetryBase
+	for i := 1; i < attempt && ceiling < h.cfg.RetryMax; i++ {
+		ceiling *= 2
+	}
+	ceiling = min(ceiling, h.cfg.RetryMax)
+	return time.Duration(rand.Int64N(int64(ceiling)) + 1)
+}
+
+// RetryDelay is asynq's Config.RetryDelayFunc: the delay the handler chose,
+// or backoff for errors that bypassed the handler (timeouts, lost leases).
+func (h *Handler) RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
+	var re *RetryError
+	if errors.As(err, &re) {
+		return re.Delay
+	}
+	return h.backoff(n + 1)
+}

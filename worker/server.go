@@ -1,0 +1,86 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+// ServerConfig configures the asynq server.
+type ServerConfig struct {
+	Concurrency int
+	// Queues and their priorities; default {tasks.QueueDefault: 1}.
+	Queues map[string]int
+	// ShutdownTimeout is how long in-flight tasks may finish on shutdown
+	// before they are pushed back to the queue.
+	ShutdownTimeout time.Duration
+	// PollInterval is how often idle workers and the retry forwarder look
+	// for work; asynq's defaults (1s and 5s) when zero.
+	PollInterval time.Duration
+}
+
+// Run processes tasks until ctx ends, then shuts down gracefully: it stops
+// taking tasks, lets running ones finish within the shutdown timeout and
+// pushes the rest back to their queue.
+func Run(ctx context.Context, rdb redis.UniversalClient, cfg ServerConfig, h *Handler, log *zap.Logger) error {
+	srv := NewServer(rdb, cfg, h, log)
+	mux := asynq.NewServeMux()
+	mux.Handle(tasks.TypeJumpDomain, h)
+	if err := srv.Start(mux); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	log.Info("worker started", zap.Int("concurrency", cfg.Concurrency), zap.Any("queues", queuesOf(cfg)))
+	<-ctx.Done()
+	log.Info("worker stopping", zap.Duration("shutdown_timeout", cfg.ShutdownTimeout))
+	srv.Shutdown()
+	log.Info("worker stopped")
+	return nil
+}
+
+func queuesOf(cfg ServerConfig) map[string]int {
+	if len(cfg.Queues) == 0 {
+		return map[string]int{tasks.QueueDefault: 1}
+	}
+	return cfg.Queues
+}
+
+// NewServer returns the asynq server wired to the handler's retry policy.
+func NewServer(rdb redis.UniversalClient, cfg ServerConfig, h *Handler, log *zap.Logger) *asynq.Server {
+	level := asynq.ErrorLevel
+	if log.Core().Enabled(zapcore.DebugLevel) {
+		level = asynq.DebugLevel
+	}
+	return asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency:              cfg.Concurrency,
+		Queues:                   queuesOf(cfg),
+		RetryDelayFunc:           h.RetryDelay,
+		ShutdownTimeout:          cfg.ShutdownTimeout,
+		TaskCheckInterval:        cfg.PollInterval,
+		DelayedTaskCheckInterval: cfg.PollInterval,
+		Logger:                   asynqLogger{log.Named("asynq").Sugar()},
+		LogLevel:                 level,
+		// asynq's own per-task lines would repeat the handler's.
+		HealthCheckFunc: func(err error) {
+			if err != nil {
+				log.Warn("redis health check failed", zap.Error(err))
+			}
+		},
+	})
+}
+
+// asynqLogger adapts zap to asynq's Logger. Fatal does not exit: asynq
+// calls it only on start-up failures, which Start also returns.
+type asynqLogger struct{ s *zap.SugaredLogger }
+
+func (l asynqLogger) Debug(args ...any) { l.s.Debug(args...) }
+func (l asynqLogger) Info(args ...any)  { l.s.Info(args...) }
+func (l asynqLogger) Warn(args ...any)  { l.s.Warn(args...) }
+func (l asynqLogger) Error(args ...any) { l.s.Error(args...) }
+func (l asynqLogger) Fatal(args ...any) { l.s.Error(args...) }

@@ -1,0 +1,103 @@
+package worker_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/wxdomain/wxdomain/internal/redistest"
+	"github.com/wxdomain/wxdomain/internal/token"
+	"github.com/wxdomain/wxdomain/internal/wechat"
+	"github.com/wxdomain/wxdomain/internal/wechattest"
+	"github.com/wxdomain/wxdomain/tasks"
+	"github.com/wxdomain/wxdomain/worker"
+)
+
+const (
+	appA = "wxaaaaaaaaaaaaaaaa"
+	appB = "wxbbbbbbbbbbbbbbbb"
+)
+
+type testBundle struct {
+	redis   redistest.Bundle
+	sandbox *wechattest.Sandbox
+	client  *tasks.Client
+	tickets *token.Tickets
+}
+
+type setupOpts struct {
+	maxAttempts int
+	noWorker    bool
+}
+
+// setup runs a real asynq worker against the sandbox upstream over the
+// given Redis, with two released platforms that have tickets.
+func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *testBundle {
+	t.Helper()
+	rb := open(t)
+	sb := wechattest.New(wechattest.Config{Strict: true})
+	for _, app := range []string{appA, appB} {
+		sb.PutPlatform(wechattest.Platform{AppID: app, Secret: "secret-" + app, Released: true})
+	}
+	srv := httptest.NewServer(sb.Handler())
+	t.Cleanup(srv.Close)
+
+	log := zaptest.NewLogger(t)
+	wc, err := wechat.New(srv.URL, &http.Client{Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	tickets := token.NewTickets(rb.Client, rb.Prefix)
+	ctx := context.Background()
+	for _, app := range []string{appA, appB} {
+		require.NoError(t, tickets.Set(ctx, app, "ticket-"+app))
+	}
+	secrets := func(appid string) (string, bool) {
+		if appid == appA || appid == appB {
+			return "secret-" + appid, true
+		}
+		return "", false
+	}
+	tokens := token.NewSource(rb.Client, wc, tickets, token.SourceConfig{Prefix: rb.Prefix, Margin: time.Minute, Secret: secrets}, log)
+	store := tasks.NewStore(rb.Client, rb.Prefix, time.Hour)
+	if o.maxAttempts == 0 {
+		o.maxAttempts = 5
+	}
+	h := worker.NewHandler(store, tokens, wc, worker.Config{RetryBase: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond, MaxAttempts: o.maxAttempts}, log)
+
+	client := tasks.NewClient(rb.Client, tasks.ClientConfig{
+		Prefix: rb.Prefix, Queue: rb.Queue, ResultTTL: time.Hour, PollInterval: 50 * time.Millisecond,
+		Rules: tasks.Rules{KnownPlatform: func(a string) bool { _, ok := secrets(a); return ok }},
+	})
+	t.Cleanup(func() { _ = client.Close() })
+
+	if !o.noWorker {
+		wctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			done <- worker.Run(wctx, rb.Client, worker.ServerConfig{
+				Concurrency: 4, Queues: map[string]int{rb.Queue: 1}, ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond,
+			}, h, log)
+		}()
+		t.Cleanup(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	return &testBundle{redis: rb, sandbox: sb, client: client, tickets: tickets}
+}
+
+// enqueueWait submits a change and waits for its final record.
+func (b *testBundle) enqueueWait(t *testing.T, c tasks.JumpDomainChange) *tasks.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	rec, err := b.client.Enqueue(ctx, c, tasks.EnqueueOptions{})
+	require.NoError(t, err)
+	final, err := b.client.Wait(ctx, rec.TaskID)
+	require.NoError(t, err, "task %s did not finish; last record %+v", rec.TaskID, final)
+	return final
+}

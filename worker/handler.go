@@ -43,7 +43,9 @@ type RetryError struct {
 	Err   error
 }
 
-func (e *RetryError) Error() string { return fmt.Sprintf("retry in %s: %v", e.Delay.Round(time.Millisecond), e.Err) }
+func (e *RetryError) Error() string {
+	return fmt.Sprintf("retry in %s: %v", e.Delay.Round(time.Millisecond), e.Err)
+}
 func (e *RetryError) Unwrap() error { return e.Err }
 
 // Handler processes tasks.TypeJumpDomain tasks. Running it twice for the

@@ -85,6 +85,7 @@ type platform struct {
 	Platform
 	verified     map[string]bool // nil: all verified
 	faults       Faults
+	faultsSet    bool // else the sandbox-wide defaults apply
 	tokenFetches int
 	current      string // newest token
 }
@@ -103,6 +104,7 @@ type Sandbox struct {
 	tokens    map[string]*token
 	calls     []Call
 	latency   time.Duration // added to every call
+	defaults  Faults        // for platforms without faults of their own
 }
 
 // New returns a sandbox with no platforms.
@@ -135,7 +137,7 @@ func (s *Sandbox) PutPlatform(p Platform) {
 		}
 	}
 	if old != nil {
-		np.faults, np.tokenFetches, np.current = old.faults, old.tokenFetches, old.current
+		np.faults, np.faultsSet, np.tokenFetches, np.current = old.faults, old.faultsSet, old.tokenFetches, old.current
 	}
 	s.platforms[p.AppID] = np
 }
@@ -158,7 +160,23 @@ func (s *Sandbox) Platform(appid string) (Platform, bool) {
 func (s *Sandbox) SetFaults(appid string, f Faults) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.platformLocked(appid).faults = f
+	p := s.platformLocked(appid)
+	p.faults, p.faultsSet = f, true
+}
+
+// SetDefaultFaults sets the faults of every platform that has none of its own.
+func (s *Sandbox) SetDefaultFaults(f Faults) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.defaults = f
+}
+
+// faultsLocked returns the faults in force for a platform.
+func (s *Sandbox) faultsLocked(p *platform) *Faults {
+	if p.faultsSet {
+		return &p.faults
+	}
+	return &s.defaults
 }
 
 // SetLatency adds d to every call.
@@ -280,11 +298,12 @@ func (s *Sandbox) issueToken(appid, secret, ticket string) (answer, time.Duratio
 		return apiError(40013, "invalid appid"), s.latency
 	}
 	p = s.platformLocked(appid)
-	delay := s.latency + p.faults.Latency
+	f := s.faultsLocked(p)
+	delay := s.latency + f.Latency
 	switch {
-	case p.faults.TokenErrCode != 0:
-		call.ErrCode = p.faults.TokenErrCode
-		return apiError(p.faults.TokenErrCode, tokenErrMsg(p.faults.TokenErrCode)), delay
+	case f.TokenErrCode != 0:
+		call.ErrCode = f.TokenErrCode
+		return apiError(f.TokenErrCode, tokenErrMsg(f.TokenErrCode)), delay
 	case p.Secret != "" && secret != p.Secret:
 		call.ErrCode = 40125
 		return apiError(40125, "invalid appsecret"), delay
@@ -370,19 +389,20 @@ func (s *Sandbox) modify(accessToken, action, domains string, publish bool) (ans
 		return errAns, s.latency
 	}
 	call.AppID = p.AppID
-	delay := s.latency + p.faults.Latency
+	f := s.faultsLocked(p)
+	delay := s.latency + f.Latency
 	fail := func(code int, msg string) (answer, time.Duration) {
 		call.ErrCode = code
 		return apiError(code, msg), delay
 	}
 
-	if len(p.faults.Script) > 0 {
-		code := p.faults.Script[0]
-		p.faults.Script = p.faults.Script[1:]
+	if len(f.Script) > 0 {
+		code := f.Script[0]
+		f.Script = f.Script[1:]
 		if code != 0 {
 			return fail(code, injectedMsg(code))
 		}
-	} else if p.faults.BusyRate > 0 && mrand.Float64() < p.faults.BusyRate {
+	} else if f.BusyRate > 0 && mrand.Float64() < f.BusyRate {
 		return fail(-1, "system error")
 	}
 

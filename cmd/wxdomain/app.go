@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/wxdomain/wxdomain/internal/config"
+	"github.com/wxdomain/wxdomain/internal/token"
+	"github.com/wxdomain/wxdomain/internal/wechat"
+	"github.com/wxdomain/wxdomain/tasks"
+	"github.com/wxdomain/wxdomain/worker"
+)
+
+// app holds what every command shares: the environment, the output streams
+// and the global flags.
+type app struct {
+	getenv         func(string) string
+	stdout, stderr io.Writer
+
+	redisURL      string
+	platformsFile string
+	logLevel      string
+	logFormat     string
+}
+
+func newRootCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra.Command {
+	a := &app{getenv: getenv, stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "wxdomain",
+		Short:         "Change WeChat third-party platforms' Mini Program jump domains, reliably, at fleet scale",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.redisURL, "redis-url", "", "Redis URL (overrides WXDOMAIN_REDIS_URL)")
+	pf.StringVar(&a.platformsFile, "platforms-file", "", "platforms YAML file (overrides WXDOMAIN_PLATFORMS_FILE)")
+	pf.StringVar(&a.logLevel, "log-level", "", "debug, info, warn or error (overrides WXDOMAIN_LOG_LEVEL)")
+	pf.StringVar(&a.logFormat, "log-format", "", "json or console (overrides WXDOMAIN_LOG_FORMAT)")
+	root.AddCommand(
+		a.workerCommand(),
+		a.ticketCommand(),
+		a.enqueueCommand(),
+		a.statusCommand(),
+		a.cancelCommand(),
+		a.fakeWeChatCommand(),
+		a.devCommand(),
+	)
+	return root
+}
+
+// config reads the environment, then applies the global flags.
+func (a *app) config() (config.Config, error) {
+	env := a.getenv
+	overrides := map[string]string{
+		"WXDOMAIN_REDIS_URL":      a.redisURL,
+		"WXDOMAIN_PLATFORMS_FILE": a.platformsFile,
+		"WXDOMAIN_LOG_LEVEL":      a.logLevel,
+		"WXDOMAIN_LOG_FORMAT":     a.logFormat,
+	}
+	return config.FromEnv(func(k string) string {
+		if v := overrides[k]; v != "" {
+			return v
+		}
+		return env(k)
+	})
+}
+
+func (a *app) logger(cfg config.Config) (*zap.Logger, error) {
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	enc.EncodeDuration = zapcore.StringDurationEncoder
+	var encoder zapcore.Encoder
+	if cfg.LogFormat == "console" {
+		enc.EncodeLevel = zapcore.CapitalLevelEncoder
+		encoder = zapcore.NewConsoleEncoder(enc)
+	} else {
+		encoder = zapcore.NewJSONEncoder(enc)
+	}
+	core := zapcore.NewCore(encoder, zapcore.AddSync(a.stderr), cfg.LogLevel)
+	return zap.New(core), nil
+}
+
+// openRedis connects and checks Redis answers, retrying briefly so that a
+// worker started together with Redis (docker compose) does not give up.
+func openRedis(ctx context.Context, cfg config.Config) (redis.UniversalClient, error) {
+	rdb, err := config.OpenRedis(cfg.RedisURL)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err = rdb.Ping(pctx).Err()
+		cancel()
+		if err == nil {
+			return rdb, nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			_ = rdb.Close()
+			return nil, fmt.Errorf("redis at %s does not answer: %w", config.RedactURL(cfg.RedisURL), err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// producer is what the enqueueing commands need.
+type producer struct {
+	rdb    redis.UniversalClient
+	client *tasks.Client
+}
+
+func (p *producer) Close() {
+	_ = p.client.Close()
+	_ = p.rdb.Close()
+}
+
+func (a *app) producer(ctx context.Context, needPlatforms bool) (*producer, error) {
+	cfg, err := a.config()
+	if err != nil {
+		return nil, err
+	}
+	rules := tasks.Rules{MaxDomains: cfg.MaxDomains}
+	if needPlatforms {
+		platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+		if err != nil {
+			return nil, err
+		}
+		rules.KnownPlatform = platforms.Has
+	}
+	rdb, err := openRedis(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	client := tasks.NewClient(rdb, tasks.ClientConfig{
+		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, Rules: rules,
+	})
+	return &producer{rdb: rdb, client: client}, nil
+}
+
+// newHandler wires the worker from configuration: what `worker` and `dev` share.
+func newHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, log *zap.Logger) (*worker.Handler, error) {
+	wc, err := wechat.New(cfg.WeChatBaseURL, &http.Client{Timeout: cfg.HTTPTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("WXDOMAIN_WECHAT_BASE_URL: %w", err)
+	}
+	secret := func(appid string) (string, bool) {
+		p, ok := platforms.Get(appid)
+		return p.Secret.Reveal(), ok && p.Secret != ""
+	}
+	tickets := token.NewTickets(rdb, cfg.KeyPrefix)
+	tokens := token.NewSource(rdb, wc, tickets, token.SourceConfig{Prefix: cfg.KeyPrefix, Margin: cfg.TokenMargin, Secret: secret}, log.Named("token"))
+	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL)
+	return worker.NewHandler(store, tokens, wc, worker.Config{
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts,
+	}, log), nil
+}
+
+func (a *app) workerCommand() *cobra.Command {
+	var concurrency int
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run a worker: take changes from the queue and apply them on WeChat",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cfg, err := a.config()
+			if err != nil {
+				return err
+			}
+			if concurrency > 0 {
+				cfg.Concurrency = concurrency
+			}
+			platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+			if err != nil {
+				return err
+			}
+			if err := platforms.ResolveSecrets(a.getenv); err != nil {
+				return err
+			}
+			log, err := a.logger(cfg)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			rdb, err := openRedis(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			h, err := newHandler(rdb, cfg, platforms, log)
+			if err != nil {
+				return err
+			}
+			log.Info("configuration",
+				zap.String("redis_url", config.RedactURL(cfg.RedisURL)),
+				zap.String("wechat_base_url", cfg.WeChatBaseURL),
+				zap.Int("platforms", len(platforms.List)),
+				zap.String("queue", cfg.Queue))
+			return worker.Run(ctx, rdb, worker.ServerConfig{
+				Concurrency: cfg.Concurrency, Queues: map[string]int{cfg.Queue: 1}, ShutdownTimeout: cfg.ShutdownTimeout,
+			}, h, log)
+		},
+	}
+	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "tasks run at once (overrides WXDOMAIN_CONCURRENCY, default 20)")
+	return cmd
+}
+
+func (a *app) ticketCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "ticket", Short: "Manage platforms' component_verify_tickets"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "set APPID TICKET",
+		Short: "Store a platform's component_verify_ticket (normally pushed by WeChat every 10 minutes)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := a.config()
+			if err != nil {
+				return err
+			}
+			appid, ticket := args[0], strings.TrimSpace(args[1])
+			if cfg.PlatformsFile != "" {
+				platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+				if err != nil {
+					return err
+				}
+				if !platforms.Has(appid) {
+					return fmt.Errorf("platform %s is not in %s", appid, cfg.PlatformsFile)
+				}
+			}
+			if ticket == "" || len(ticket) > 1024 {
+				return errors.New("TICKET must be 1 to 1024 characters")
+			}
+			rdb, err := openRedis(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			if err := token.NewTickets(rdb, cfg.KeyPrefix).Set(cmd.Context(), appid, ticket); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "stored the component_verify_ticket of %s\n", appid)
+			return nil
+		},
+	})
+	return cmd
+}

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+func (a *app) printRecord(rec *tasks.Record) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rec)
+}
+
+// waitAndPrint waits up to timeout for the record to be final and prints
+// it. A timeout still prints the last record and says so on stderr.
+func (a *app) waitAndPrint(ctx context.Context, c *tasks.Client, id string, timeout time.Duration) error {
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rec, err := c.Wait(wctx, id)
+	if rec != nil && (err == nil || errors.Is(err, context.DeadlineExceeded)) {
+		if err != nil {
+			fmt.Fprintf(a.stderr, "wxdomain: still %s after waiting %s; poll with `wxdomain status %s --wait`\n", rec.Status, timeout, id)
+		}
+		return a.printRecord(rec)
+	}
+	return err
+}
+
+func (a *app) enqueueCommand() *cobra.Command {
+	var (
+		change  tasks.JumpDomainChange
+		action  string
+		domains string
+		key     string
+		wait    bool
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "enqueue --platform APPID --action get|set|add|delete [--domains a.com,b.com] [--publish] [--key KEY] [--wait]",
+		Short: "Submit a jump-domain change and print its task record as JSON",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			change.Action = tasks.Action(action)
+			for _, d := range strings.Split(domains, ",") {
+				if d = strings.TrimSpace(d); d != "" {
+					change.Domains = append(change.Domains, d)
+				}
+			}
+			p, err := a.producer(ctx, true)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			rec, err := p.client.Enqueue(ctx, change, tasks.EnqueueOptions{IdempotencyKey: key})
+			if err != nil {
+				return describe(err)
+			}
+			if !wait {
+				return a.printRecord(rec)
+			}
+			return a.waitAndPrint(ctx, p.client, rec.TaskID, timeout)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&change.Platform, "platform", "", "the platform's component appid (required)")
+	f.StringVar(&action, "action", "", "get, set, add or delete (required)")
+	f.StringVar(&domains, "domains", "", "comma-separated host names (required for set, add, delete)")
+	f.BoolVar(&change.Publish, "publish", false, "also change the published configuration (is_modify_published_together)")
+	f.StringVar(&key, "key", "", "idempotency key: the same key and change return the first task")
+	f.BoolVar(&wait, "wait", false, "wait for the final record")
+	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
+	_ = cmd.MarkFlagRequired("platform")
+	_ = cmd.MarkFlagRequired("action")
+	return cmd
+}
+
+// describe spells out a validation error one problem per line.
+func describe(err error) error {
+	var ve *tasks.ValidationError
+	if !errors.As(err, &ve) {
+		return err
+	}
+	lines := make([]string, len(ve.Problems))
+	for i, p := range ve.Problems {
+		lines[i] = "  - " + p.String()
+	}
+	return fmt.Errorf("invalid change, nothing was enqueued:\n%s", strings.Join(lines, "\n"))
+}
+
+func (a *app) statusCommand() *cobra.Command {
+	var (
+		wait    bool
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "status TASK_ID",
+		Short: "Print a change's task record as JSON",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, err := a.producer(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			if wait {
+				return a.waitAndPrint(ctx, p.client, args[0], timeout)
+			}
+			rec, err := p.client.Get(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return a.printRecord(rec)
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait for the final record")
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
+	return cmd
+}
+
+func (a *app) cancelCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "cancel TASK_ID",
+		Short: "Cancel a change that has not finished and print its record",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, err := a.producer(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			rec, err := p.client.Cancel(ctx, args[0])
+			if errors.Is(err, tasks.ErrFinal) {
+				_ = a.printRecord(rec)
+				return fmt.Errorf("task %s already finished (%s); nothing to cancel", args[0], rec.Status)
+			}
+			if err != nil {
+				return err
+			}
+			return a.printRecord(rec)
+		},
+	}
+}

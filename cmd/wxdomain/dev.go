@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+
+	"github.com/wxdomain/wxdomain/internal/config"
+	"github.com/wxdomain/wxdomain/internal/token"
+	"github.com/wxdomain/wxdomain/internal/wechattest"
+	"github.com/wxdomain/wxdomain/tasks"
+	"github.com/wxdomain/wxdomain/worker"
+)
+
+// The demo platforms of `wxdomain dev`. Their secrets are sandbox-only.
+var devPlatforms = []struct{ appid, secret string }{
+	{"wxd0000000000000a1", "dev-secret-a1"},
+	{"wxd0000000000000b2", "dev-secret-b2"},
+}
+
+func (a *app) devCommand() *cobra.Command {
+	var redisAddr, upstreamAddr string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run everything in one process: in-process Redis, the sandbox upstream, a worker, and a sample change",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.runDev(cmd.Context(), redisAddr, upstreamAddr)
+		},
+	}
+	cmd.Flags().StringVar(&redisAddr, "redis-addr", "127.0.0.1:0", "where the in-process Redis listens (port 0 picks a free one)")
+	cmd.Flags().StringVar(&upstreamAddr, "upstream-addr", "127.0.0.1:0", "where the sandbox upstream listens")
+	return cmd
+}
+
+func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr string) error {
+	mr := miniredis.NewMiniRedis()
+	if err := mr.StartAddr(redisAddr); err != nil {
+		return fmt.Errorf("--redis-addr %s: %w", redisAddr, err)
+	}
+	defer mr.Close()
+
+	sb := wechattest.New(wechattest.Config{Strict: true})
+	for _, p := range devPlatforms {
+		sb.PutPlatform(wechattest.Platform{AppID: p.appid, Secret: p.secret, Released: true})
+	}
+	ln, err := net.Listen("tcp", upstreamAddr)
+	if err != nil {
+		return fmt.Errorf("--upstream-addr %s: %w", upstreamAddr, err)
+	}
+	upstreamURL := "http://" + ln.Addr().String()
+	srvErr := make(chan error, 1)
+	sctx, stopServer := context.WithCancel(ctx)
+	defer stopServer()
+	go func() { srvErr <- serve(sctx, ln, sb.Handler()) }()
+
+	dir, err := os.MkdirTemp("", "wxdomain-dev-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	platformsFile := filepath.Join(dir, "platforms.yaml")
+	yaml := "# written by `wxdomain dev`; sandbox-only secrets\nplatforms:\n"
+	for _, p := range devPlatforms {
+		yaml += fmt.Sprintf("  - appid: %s\n    secret: %q\n    rate: 5\n", p.appid, p.secret)
+	}
+	if err := os.WriteFile(platformsFile, []byte(yaml), 0o600); err != nil {
+		return err
+	}
+
+	redisURL := "redis://" + mr.Addr() + "/0"
+	cfg, err := a.config()
+	if err != nil {
+		return err
+	}
+	cfg.RedisURL, cfg.WeChatBaseURL, cfg.PlatformsFile = redisURL, upstreamURL, platformsFile
+	cfg.RetryBase, cfg.RetryMax = 200*time.Millisecond, 5*time.Second
+	platforms, err := config.LoadPlatforms(platformsFile)
+	if err != nil {
+		return err
+	}
+	log, err := a.logger(cfg)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	tickets := token.NewTickets(rdb, cfg.KeyPrefix)
+	for _, p := range devPlatforms {
+		if err := tickets.Set(ctx, p.appid, "dev-ticket"); err != nil {
+			return err
+		}
+	}
+	h, err := newHandler(rdb, cfg, platforms, log)
+	if err != nil {
+		return err
+	}
+	wctx, stopWorker := context.WithCancel(ctx)
+	defer stopWorker()
+	workerDone := make(chan error, 1)
+	go func() {
+		workerDone <- worker.Run(wctx, rdb, worker.ServerConfig{
+			Concurrency: cfg.Concurrency, Queues: map[string]int{cfg.Queue: 1},
+			ShutdownTimeout: cfg.ShutdownTimeout, PollInterval: 200 * time.Millisecond,
+		}, h, log)
+	}()
+
+	client := tasks.NewClient(rdb, tasks.ClientConfig{
+		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, PollInterval: 100 * time.Millisecond,
+		Rules: tasks.Rules{MaxDomains: cfg.MaxDomains, KnownPlatform: platforms.Has},
+	})
+	defer client.Close()
+	sample := tasks.JumpDomainChange{Platform: devPlatforms[0].appid, Action: tasks.ActionAdd, Domains: []string{"www.example.com", "m.example.com"}}
+	fmt.Fprintf(a.stdout, "wxdomain dev: sample change: add %v to %s\n", sample.Domains, sample.Platform)
+	rec, err := client.Enqueue(ctx, sample, tasks.EnqueueOptions{})
+	if err != nil {
+		return err
+	}
+	wait, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	rec, err = client.Wait(wait, rec.TaskID)
+	cancelWait()
+	if err != nil {
+		return fmt.Errorf("sample change did not finish: %w", err)
+	}
+	b, _ := json.MarshalIndent(rec, "", "  ")
+	fmt.Fprintf(a.stdout, "%s\n\n", b)
+	fmt.Fprintf(a.stdout, `wxdomain dev is running (Ctrl-C stops it).
+  Redis (in-process):   %s
+  sandbox WeChat API:   %s   (admin API: %s/sandbox/)
+  demo platforms:       %s, %s  (tickets stored)
+
+Use the CLI from another terminal:
+  export WXDOMAIN_REDIS_URL=%s
+  export WXDOMAIN_PLATFORMS_FILE=%s
+  go run ./cmd/wxdomain enqueue --platform %s --action add --domains shop.example.com --wait
+  go run ./cmd/wxdomain enqueue --platform %s --action get --wait
+`, redisURL, upstreamURL, upstreamURL, devPlatforms[0].appid, devPlatforms[1].appid,
+		redisURL, platformsFile, devPlatforms[0].appid, devPlatforms[1].appid)
+
+	select {
+	case <-ctx.Done():
+	case err := <-srvErr:
+		return fmt.Errorf("sandbox upstream stopped: %w", err)
+	case err := <-workerDone:
+		return fmt.Errorf("worker stopped: %w", err)
+	}
+	stopWorker()
+	if err := <-workerDone; err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout, "wxdomain dev stopped")
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unicode"
 
 	"golang.org/x/net/idna"
 )
@@ -100,7 +101,10 @@ func NormalizeDomain(s string) (string, error) {
 		return "", fmt.Errorf("has a port: give the host name without :port")
 	}
 	s = strings.TrimSuffix(s, ".")
-	if !isASCII(s) {
+	if !isASCII(s) || strings.Contains(strings.ToLower(s), "xn--") {
+		if _, err := idnaProfile.ToUnicode(s); err != nil {
+			return "", fmt.Errorf("is not a valid internationalised domain name: %v", err)
+		}
 		a, err := idnaProfile.ToASCII(s)
 		if err != nil {
 			return "", fmt.Errorf("is not a valid internationalised domain name: %v", err)
@@ -158,8 +162,10 @@ func isIPAddress(s string) bool {
 	return false
 }
 
+// isSpaceOrControl also catches invisible format characters (zero-width
+// space, bidi marks), which IDNA mapping would silently drop.
 func isSpaceOrControl(r rune) bool {
-	return r <= ' ' || r == 0x7f || (r >= 0x80 && r <= 0x9f) || r == 0x2028 || r == 0x2029 || r == 0xa0 || r == 0x3000
+	return r <= ' ' || unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
 }
 
 func isASCII(s string) bool {

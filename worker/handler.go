@@ -174,7 +174,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		return h.interrupted(ctx, rec, callErr)
 	}
 	var next time.Duration
-	_, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
+	updated, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
 		r.Error = d.Reason
 		if d.APIErr != nil {
 			code := d.APIErr.Code
@@ -183,6 +183,9 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		switch {
 		case d.Kind == KindFail:
 			r.Status = tasks.StatusFailed
+		case r.CancelRequested:
+			r.Status = tasks.StatusCanceled
+			r.Error = "canceled after a failed attempt: " + d.Reason
 		case r.Attempts >= h.cfg.MaxAttempts:
 			r.Status = tasks.StatusFailed
 			r.Error = fmt.Sprintf("gave up after %d attempts: %s", r.Attempts, d.Reason)
@@ -193,8 +196,8 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		}
 		return nil
 	})
-	if errors.Is(err, tasks.ErrFinal) {
-		return nil // canceled meanwhile
+	if errors.Is(err, tasks.ErrFinal) || (err == nil && updated.Status == tasks.StatusCanceled) {
+		return nil
 	}
 	if err != nil {
 		return err

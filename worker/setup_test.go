@@ -4,10 +4,12 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/wxdomain/wxdomain/internal/redistest"
@@ -27,11 +29,15 @@ type testBundle struct {
 	redis   redistest.Bundle
 	sandbox *wechattest.Sandbox
 	client  *tasks.Client
+	store   *tasks.Store
 	tickets *token.Tickets
+	handler *worker.Handler
+	log     *zap.Logger
 }
 
 type setupOpts struct {
 	maxAttempts int
+	retryBase   time.Duration
 	noWorker    bool
 }
 
@@ -66,7 +72,10 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	if o.maxAttempts == 0 {
 		o.maxAttempts = 5
 	}
-	h := worker.NewHandler(store, tokens, wc, worker.Config{RetryBase: 20 * time.Millisecond, RetryMax: 100 * time.Millisecond, MaxAttempts: o.maxAttempts}, log)
+	if o.retryBase == 0 {
+		o.retryBase = 20 * time.Millisecond
+	}
+	h := worker.NewHandler(store, tokens, wc, worker.Config{RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts}, log)
 
 	client := tasks.NewClient(rb.Client, tasks.ClientConfig{
 		Prefix: rb.Prefix, Queue: rb.Queue, ResultTTL: time.Hour, PollInterval: 50 * time.Millisecond,
@@ -74,20 +83,33 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	})
 	t.Cleanup(func() { _ = client.Close() })
 
+	b := &testBundle{redis: rb, sandbox: sb, client: client, store: store, tickets: tickets, handler: h, log: log}
 	if !o.noWorker {
-		wctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() {
-			done <- worker.Run(wctx, rb.Client, worker.ServerConfig{
-				Concurrency: 4, Queues: map[string]int{rb.Queue: 1}, ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond,
-			}, h, log)
-		}()
-		t.Cleanup(func() {
+		b.startWorker(t)
+	}
+	return b
+}
+
+// startWorker runs an asynq worker until the test ends; the returned
+// function stops it gracefully earlier and waits for it.
+func (b *testBundle) startWorker(t *testing.T) (stop func()) {
+	t.Helper()
+	wctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- worker.Run(wctx, b.redis.Client, worker.ServerConfig{
+			Concurrency: 4, Queues: map[string]int{b.redis.Queue: 1}, ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond,
+		}, b.handler, b.log)
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
 			cancel()
 			require.NoError(t, <-done)
 		})
 	}
-	return &testBundle{redis: rb, sandbox: sb, client: client, tickets: tickets}
+	t.Cleanup(stop)
+	return stop
 }
 
 // enqueueWait submits a change and waits for its final record.

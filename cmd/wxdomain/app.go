@@ -126,7 +126,9 @@ func (p *producer) Close() {
 	_ = p.rdb.Close()
 }
 
-func (a *app) producer(ctx context.Context, needPlatforms bool) (*producer, error) {
+// producer connects a tasks client. check, when given, runs before Redis
+// is contacted, so that a bad change is refused even with Redis down.
+func (a *app) producer(ctx context.Context, needPlatforms bool, check func(tasks.Rules) error) (*producer, error) {
 	cfg, err := a.config()
 	if err != nil {
 		return nil, err
@@ -138,6 +140,11 @@ func (a *app) producer(ctx context.Context, needPlatforms bool) (*producer, erro
 			return nil, err
 		}
 		rules.KnownPlatform = platforms.Has
+	}
+	if check != nil {
+		if err := check(rules); err != nil {
+			return nil, err
+		}
 	}
 	rdb, err := openRedis(ctx, cfg)
 	if err != nil {

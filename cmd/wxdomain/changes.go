@@ -55,7 +55,9 @@ func (a *app) enqueueCommand() *cobra.Command {
 					change.Domains = append(change.Domains, d)
 				}
 			}
-			p, err := a.producer(ctx, true)
+			p, err := a.producer(ctx, true, func(r tasks.Rules) error {
+				return describe(change.ValidateWith(r))
+			})
 			if err != nil {
 				return err
 			}
@@ -85,6 +87,9 @@ func (a *app) enqueueCommand() *cobra.Command {
 
 // describe spells out a validation error one problem per line.
 func describe(err error) error {
+	if err == nil {
+		return nil
+	}
 	var ve *tasks.ValidationError
 	if !errors.As(err, &ve) {
 		return err
@@ -107,7 +112,7 @@ func (a *app) statusCommand() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			p, err := a.producer(ctx, false)
+			p, err := a.producer(ctx, false, nil)
 			if err != nil {
 				return err
 			}
@@ -134,7 +139,7 @@ func (a *app) cancelCommand() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			p, err := a.producer(ctx, false)
+			p, err := a.producer(ctx, false, nil)
 			if err != nil {
 				return err
 			}

@@ -102,21 +102,28 @@ func (s *Source) Token(ctx context.Context, appid string) (string, error) {
 	if s.fresh(e) {
 		return e.token, nil
 	}
-	// One refresh per process at a time; it runs detached from any one
-	// caller's cancellation so that the others still get its result.
-	ch := s.group.DoChan(appid, func() (any, error) {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Lease)
-		defer cancel()
-		return s.refresh(rctx, appid)
-	})
-	select {
-	case <-ctx.Done():
-		return "", ctx.Err()
-	case r := <-ch:
-		if r.Err != nil {
-			return "", r.Err
+	// One refresh per process at a time. The refresh runs under the first
+	// caller's context and leaves no goroutine behind; if that caller gives
+	// up, the others start a refresh of their own.
+	for tries := 1; ; tries++ {
+		ch := s.group.DoChan(appid, func() (any, error) {
+			rctx, cancel := context.WithTimeout(ctx, 2*s.cfg.Lease)
+			defer cancel()
+			return s.refresh(rctx, appid)
+		})
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case r := <-ch:
+			leaderGaveUp := errors.Is(r.Err, context.Canceled) || errors.Is(r.Err, context.DeadlineExceeded)
+			if leaderGaveUp && ctx.Err() == nil && tries < 3 {
+				continue
+			}
+			if r.Err != nil {
+				return "", r.Err
+			}
+			return r.Val.(string), nil
 		}
-		return r.Val.(string), nil
 	}
 }
 

@@ -1,0 +1,24 @@
+# The two commands that do everything on a fresh machine:
+#   make run    the embedded default (in-process Redis, sandbox WeChat, worker)
+#   make test   vet and the whole test suite with the race detector
+GO ?= go
+
+.PHONY: run test build vet bench fmt
+
+run:
+	$(GO) run ./cmd/wxdomain dev
+
+test: vet
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+vet:
+	$(GO) vet ./...
+
+build:
+	$(GO) build -o bin/wxdomain ./cmd/wxdomain
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')

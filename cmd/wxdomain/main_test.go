@@ -1,0 +1,311 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wxdomain/wxdomain/internal/redistest"
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "wxdomain-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "wxdomain")
+	if out, err := exec.Command("go", "build", "-race", "-o", binary, ".").CombinedOutput(); err != nil {
+		panic("build wxdomain: " + err.Error() + "\n" + string(out))
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+const (
+	appID     = "wx1234567890abcdef"
+	appSecret = "SECRET-0f3c9a-never-log-me"
+	ticket    = "TICKET-77aa-never-log-me"
+)
+
+// cli runs the binary as a person would, with a fixed environment.
+type cli struct {
+	t   *testing.T
+	env []string
+}
+
+func (c *cli) run(args ...string) (stdout, stderr string, err error) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = c.env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err = cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+// background starts a long-running subcommand; its output is collected.
+type proc struct {
+	cmd *exec.Cmd
+	mu  sync.Mutex
+	out bytes.Buffer
+}
+
+func (p *proc) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+func (c *cli) start(args ...string) *proc {
+	c.t.Helper()
+	p := &proc{cmd: exec.Command(binary, args...)}
+	p.cmd.Env = c.env
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	require.NoError(c.t, p.cmd.Start())
+	c.t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
+		}
+	})
+	return p
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err, "exit after SIGTERM; output:\n%s", p.output())
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no exit 30s after SIGTERM; output:\n%s", p.output())
+	}
+}
+
+func waitFor(t *testing.T, p *proc, re *regexp.Regexp) []string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := re.FindStringSubmatch(p.output()); m != nil {
+			return m
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("never printed %s; output:\n%s", re, p.output())
+	return nil
+}
+
+func decodeRecord(t *testing.T, s string) tasks.Record {
+	t.Helper()
+	var r tasks.Record
+	require.NoError(t, json.Unmarshal([]byte(s), &r), s)
+	return r
+}
+
+// TestNewUser walks the README: a sandbox upstream, a worker on a real
+// Redis, changes submitted from the CLI.
+func TestNewUser(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Real(t)
+	dir := t.TempDir()
+	platforms := filepath.Join(dir, "platforms.yaml")
+	require.NoError(t, os.WriteFile(platforms, []byte("platforms:\n  - appid: "+appID+"\n    secret_env: WX_SECRET\n    rate: 5\n"), 0o600))
+	c := &cli{t: t, env: []string{
+		"PATH=" + os.Getenv("PATH"),
+		"WXDOMAIN_REDIS_URL=" + rb.URL,
+		"WXDOMAIN_KEY_PREFIX=" + rb.Prefix,
+		"WXDOMAIN_QUEUE=" + rb.Queue,
+		"WXDOMAIN_PLATFORMS_FILE=" + platforms,
+		"WXDOMAIN_LOG_LEVEL=debug",
+		"WXDOMAIN_RETRY_BASE=100ms",
+		"WX_SECRET=" + appSecret,
+	}}
+
+	fake := c.start("fake-wechat", "--addr", "127.0.0.1:0")
+	m := waitFor(t, fake, regexp.MustCompile(`listening on (http://127\.0\.0\.1:\d+)`))
+	c.env = append(c.env, "WXDOMAIN_WECHAT_BASE_URL="+m[1])
+
+	out, _, err := c.run("ticket", "set", appID, ticket)
+	require.NoError(t, err)
+	assert.NotContains(t, out, ticket)
+
+	w := c.start("worker", "--concurrency", "4")
+	waitFor(t, w, regexp.MustCompile(`worker started`))
+
+	out, errOut, err := c.run("enqueue", "--platform", appID, "--action", "add", "--domains", "www.example.com, Shop.Example.com", "--wait", "--timeout", "30s")
+	require.NoError(t, err, errOut)
+	rec := decodeRecord(t, out)
+	assert.Equal(t, tasks.StatusSucceeded, rec.Status)
+	assert.Equal(t, []string{"www.example.com", "shop.example.com"}, *rec.TestingDomains)
+
+	out, errOut, err = c.run("status", rec.TaskID)
+	require.NoError(t, err, errOut)
+	assert.Equal(t, rec.TaskID, decodeRecord(t, out).TaskID)
+
+	_, errOut, err = c.run("status", "0000000000000000deadbeef00000000")
+	require.Error(t, err)
+	assert.Contains(t, errOut, "task not found")
+
+	_, errOut, err = c.run("enqueue", "--platform", appID, "--action", "add", "--domains", "https://a.com,b.com:8080")
+	require.Error(t, err)
+	assert.Contains(t, errOut, `domains[0] "https://a.com": has a scheme`)
+	assert.Contains(t, errOut, `domains[1] "b.com:8080": has a port`)
+	assert.Contains(t, errOut, "nothing was enqueued")
+
+	_, errOut, err = c.run("enqueue", "--platform", "wx0000000000000000", "--action", "get")
+	require.Error(t, err)
+	assert.Contains(t, errOut, "is not in the platforms file")
+
+	out, errOut, err = c.run("enqueue", "--platform", appID, "--action", "get", "--key", "k-1", "--wait")
+	require.NoError(t, err, errOut)
+	first := decodeRecord(t, out)
+	out, _, err = c.run("enqueue", "--platform", appID, "--action", "get", "--key", "k-1")
+	require.NoError(t, err)
+	assert.Equal(t, first.TaskID, decodeRecord(t, out).TaskID)
+	_, errOut, err = c.run("enqueue", "--platform", appID, "--action", "add", "--domains", "x.com", "--key", "k-1")
+	require.Error(t, err)
+	assert.Contains(t, errOut, "idempotency key already used")
+
+	_, errOut, err = c.run("cancel", rec.TaskID)
+	require.Error(t, err)
+	assert.Contains(t, errOut, "already finished")
+
+	// Secrets, tickets and tokens appear in no log line and no record.
+	tok, err := rb.Client.HGet(context.Background(), rb.Prefix+"token:"+appID, "token").Result()
+	require.NoError(t, err)
+	require.NotEmpty(t, tok)
+	w.stop(t)
+	fake.stop(t)
+	keys, err := rb.Client.Keys(context.Background(), rb.Prefix+"record:*").Result()
+	require.NoError(t, err)
+	require.NotEmpty(t, keys)
+	var records strings.Builder
+	for _, k := range keys {
+		records.WriteString(rb.Client.Get(context.Background(), k).Val())
+	}
+	for name, text := range map[string]string{"worker log": w.output(), "sandbox log": fake.output(), "records": records.String()} {
+		for _, secret := range []string{appSecret, ticket, tok} {
+			assert.NotContains(t, text, secret, "%s leaks a secret", name)
+		}
+	}
+	assert.Contains(t, w.output(), "component token fetched", "the worker logged at debug level, so the check above means something")
+}
+
+func TestErrorsNameTheProblem(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	platforms := filepath.Join(dir, "platforms.yaml")
+	require.NoError(t, os.WriteFile(platforms, []byte("platforms:\n  - appid: "+appID+"\n    secret_env: WX_SECRET\n"), 0o600))
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{
+			name: "bad domain refused before Redis is contacted",
+			env:  map[string]string{"WXDOMAIN_REDIS_URL": "redis://127.0.0.1:1/0", "WXDOMAIN_PLATFORMS_FILE": platforms},
+			args: []string{"enqueue", "--platform", appID, "--action", "set", "--domains", "*.example.com"},
+			want: "wildcards are not allowed",
+		},
+		{
+			name: "bad setting",
+			env:  map[string]string{"WXDOMAIN_CONCURRENCY": "lots"},
+			args: []string{"worker"},
+			want: "WXDOMAIN_CONCURRENCY",
+		},
+		{
+			name: "no platforms file",
+			args: []string{"worker"},
+			want: "WXDOMAIN_PLATFORMS_FILE is not set",
+		},
+		{
+			name: "secret variable missing",
+			env:  map[string]string{"WXDOMAIN_PLATFORMS_FILE": platforms},
+			args: []string{"worker"},
+			want: "environment variable WX_SECRET (its secret_env) is not set",
+		},
+		{
+			name: "Redis down",
+			env:  map[string]string{"WXDOMAIN_REDIS_URL": "redis://:pw-hidden@127.0.0.1:1/0"},
+			args: []string{"status", "abc"},
+			want: "redis at redis://:xxxxx@127.0.0.1:1/0 does not answer",
+		},
+		{
+			name: "missing required flag",
+			args: []string{"enqueue", "--action", "get"},
+			want: `required flag(s) "platform" not set`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var stdout, stderr bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := run(ctx, tt.args, func(k string) string { return tt.env[k] }, &stdout, &stderr)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.want)
+			assert.NotContains(t, err.Error(), "pw-hidden")
+		})
+	}
+}
+
+func TestDevRunsTheSampleChange(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"dev"}, func(string) string { return "" }, pw, io.Discard)
+		_ = pw.Close()
+	}()
+	var printed strings.Builder
+	sc := bufio.NewScanner(pr)
+	for sc.Scan() {
+		printed.WriteString(sc.Text() + "\n")
+		if strings.Contains(sc.Text(), "enqueue --platform") {
+			break
+		}
+	}
+	assert.Contains(t, printed.String(), `"status": "succeeded"`)
+	assert.Regexp(t, `export WXDOMAIN_REDIS_URL=redis://127\.0\.0\.1:\d+/0`, printed.String())
+	cancel()
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("dev did not stop on cancel")
+	}
+}

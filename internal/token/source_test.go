@@ -1,0 +1,180 @@
+package token_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/wxdomain/wxdomain/internal/redistest"
+	"github.com/wxdomain/wxdomain/internal/token"
+	"github.com/wxdomain/wxdomain/internal/wechat"
+	"github.com/wxdomain/wxdomain/internal/wechattest"
+)
+
+const app = "wxaaaaaaaaaaaaaaaa"
+
+type tokenBundle struct {
+	redis   redistest.Bundle
+	sandbox *wechattest.Sandbox
+	wc      *wechat.Client
+	tickets *token.Tickets
+}
+
+func setup(t *testing.T, open func(testing.TB) redistest.Bundle) *tokenBundle {
+	t.Helper()
+	rb := open(t)
+	sb := wechattest.New(wechattest.Config{})
+	sb.PutPlatform(wechattest.Platform{AppID: app, Secret: "s", Released: true})
+	sb.SetLatency(30 * time.Millisecond) // widen the race window
+	srv := httptest.NewServer(sb.Handler())
+	t.Cleanup(srv.Close)
+	wc, err := wechat.New(srv.URL, nil)
+	require.NoError(t, err)
+	tickets := token.NewTickets(rb.Client, rb.Prefix)
+	require.NoError(t, tickets.Set(context.Background(), app, "ticket"))
+	return &tokenBundle{redis: rb, sandbox: sb, wc: wc, tickets: tickets}
+}
+
+// source is one process's token source.
+func (b *tokenBundle) source(t *testing.T, f token.Fetcher) *token.Source {
+	if f == nil {
+		f = b.wc
+	}
+	return token.NewSource(b.redis.Client, f, b.tickets, token.SourceConfig{
+		Prefix: b.redis.Prefix, Margin: time.Minute, Lease: 2 * time.Second,
+		Secret: func(appid string) (string, bool) { return "s", appid == app },
+	}, zaptest.NewLogger(t))
+}
+
+func TestOneFetchForManyCallers(t *testing.T) {
+	t.Parallel()
+	for _, be := range redistest.Backends() {
+		t.Run(be.Name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, be.Open)
+			// Four "processes" (sources with their own singleflight) × 10 goroutines.
+			var wg sync.WaitGroup
+			tokens := make(chan string, 40)
+			for p := 0; p < 4; p++ {
+				src := b.source(t, nil)
+				for g := 0; g < 10; g++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						tok, err := src.Token(context.Background(), app)
+						assert.NoError(t, err)
+						tokens <- tok
+					}()
+				}
+			}
+			wg.Wait()
+			close(tokens)
+			seen := map[string]bool{}
+			for tok := range tokens {
+				seen[tok] = true
+			}
+			assert.Len(t, seen, 1, "everyone got the same token")
+			assert.Equal(t, 1, b.sandbox.TokenFetches(app))
+		})
+	}
+}
+
+func TestInvalidateOnlyTheTokenThatFailed(t *testing.T) {
+	t.Parallel()
+	for _, be := range redistest.Backends() {
+		t.Run(be.Name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			b := setup(t, be.Open)
+			w1, w2 := b.source(t, nil), b.source(t, nil)
+			stale, err := w1.Token(ctx, app)
+			require.NoError(t, err)
+
+			// Worker 2 finds the token refused, drops it and fetches anew.
+			require.NoError(t, w2.Invalidate(ctx, app, stale))
+			fresh, err := w2.Token(ctx, app)
+			require.NoError(t, err)
+			require.NotEqual(t, stale, fresh)
+
+			// Worker 1, late, reports the same stale token: the fresh one stays.
+			require.NoError(t, w1.Invalidate(ctx, app, stale))
+			got, err := w1.Token(ctx, app)
+			require.NoError(t, err)
+			assert.Equal(t, fresh, got)
+			assert.Equal(t, 2, b.sandbox.TokenFetches(app))
+		})
+	}
+}
+
+func TestCrashedLockHolderDelaysOthersAtMostTheLease(t *testing.T) {
+	t.Parallel()
+	b := setup(t, redistest.Real)
+	ctx := context.Background()
+	// A process took the refresh lock and died: the lock stays until its
+	// lease (2s here) runs out.
+	require.NoError(t, b.redis.Client.Set(ctx, b.redis.Prefix+"token_lock:"+app, "dead-process", 2*time.Second).Err())
+
+	start := time.Now()
+	tok, err := b.source(t, nil).Token(ctx, app)
+	require.NoError(t, err)
+	assert.NotEmpty(t, tok)
+	waited := time.Since(start)
+	assert.Greater(t, waited, 1500*time.Millisecond, "the live lock was respected")
+	assert.Less(t, waited, 3*time.Second, "waited at most about the lease")
+	assert.Equal(t, 1, b.sandbox.TokenFetches(app))
+}
+
+func TestCallerGivingUpDoesNotFailTheOthers(t *testing.T) {
+	t.Parallel()
+	b := setup(t, redistest.Mini)
+	b.sandbox.SetLatency(300 * time.Millisecond)
+	src := b.source(t, nil)
+	impatient, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	errs := make(chan error, 1)
+	go func() {
+		_, err := src.Token(impatient, app)
+		errs <- err
+	}()
+	time.Sleep(10 * time.Millisecond) // the impatient caller leads the refresh
+	tok, err := src.Token(context.Background(), app)
+	require.NoError(t, err)
+	assert.NotEmpty(t, tok)
+	require.ErrorIs(t, <-errs, context.DeadlineExceeded)
+}
+
+func TestFetchErrors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, redistest.Mini)
+	src := b.source(t, nil)
+
+	_, err := src.Token(ctx, "wxother")
+	require.ErrorIs(t, err, token.ErrUnknownPlatform)
+
+	require.NoError(t, b.redis.Client.Del(ctx, b.redis.Prefix+"ticket:"+app).Err())
+	_, err = src.Token(ctx, app)
+	require.ErrorIs(t, err, token.ErrNoTicket)
+	var fe *token.FetchError
+	require.ErrorAs(t, err, &fe)
+
+	require.NoError(t, b.tickets.Set(ctx, app, "t2"))
+	b.sandbox.SetFaults(app, wechattest.Faults{TokenErrCode: 61005})
+	_, err = src.Token(ctx, app)
+	var apiErr *wechat.APIError
+	require.ErrorAs(t, err, &apiErr)
+	assert.Equal(t, 61005, apiErr.Code)
+	require.ErrorAs(t, err, &fe)
+	assert.NotContains(t, err.Error(), "t2", "the ticket is not in the error")
+
+	tk, err := b.tickets.Get(ctx, app)
+	require.NoError(t, err)
+	assert.Equal(t, "t2", tk.Value)
+	assert.WithinDuration(t, time.Now(), tk.ReceivedAt, 5*time.Second)
+}

@@ -118,7 +118,7 @@ func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 			return c.replay(ctx, key, entry, change, queue, opts)
 		}
 	}
-	rec := newRecord(taskID, change, queue)
+	rec := NewRecord(taskID, change, queue)
 	if _, err := c.store.Create(ctx, rec); err != nil {
 		return nil, err
 	}
@@ -148,7 +148,7 @@ func (c *Client) replay(ctx context.Context, key string, want idempotencyEntry, 
 	rec, err := c.store.Get(ctx, got.TaskID)
 	if errors.Is(err, ErrTaskNotFound) {
 		// The first submission stopped before writing its record.
-		rec = newRecord(got.TaskID, change, queue)
+		rec = NewRecord(got.TaskID, change, queue)
 		if _, err := c.store.Create(ctx, rec); err != nil {
 			return nil, err
 		}
@@ -184,12 +184,13 @@ func (c *Client) enqueueTask(ctx context.Context, rec *Record, opts EnqueueOptio
 	return nil
 }
 
-func newRecord(id string, change JumpDomainChange, queue string) *Record {
+// NewRecord is the queued record of a change about to be enqueued.
+func NewRecord(id string, change JumpDomainChange, queue string) *Record {
 	return &Record{
 		TaskID:    id,
 		Platform:  change.Platform,
 		Action:    change.Action,
-		Domains:   change.Domains,
+		Domains:   append([]string{}, change.Domains...),
 		Publish:   change.Publish,
 		Queue:     queue,
 		Status:    StatusQueued,

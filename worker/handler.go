@@ -121,10 +121,7 @@ func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.Jump
 	rec, err := h.store.Update(ctx, id, update)
 	if errors.Is(err, tasks.ErrTaskNotFound) {
 		// Enqueued by a bare asynq producer, or the record expired.
-		_, err = h.store.Create(ctx, &tasks.Record{
-			TaskID: id, Platform: change.Platform, Action: change.Action, Domains: change.Domains,
-			Publish: change.Publish, Queue: queue, Status: tasks.StatusQueued, RolloutID: change.RolloutID,
-		})
+		_, err = h.store.Create(ctx, tasks.NewRecord(id, change, queue))
 		if err != nil {
 			return nil, err
 		}

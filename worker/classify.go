@@ -23,6 +23,9 @@ const (
 	KindFail
 	// KindCanceled: the attempt's context ended (cancel, shutdown or timeout).
 	KindCanceled
+	// KindPause: the platform needs an operator; its changes wait, without
+	// using attempts, for the configured period or until a new ticket.
+	KindPause
 )
 
 func (k Kind) String() string {
@@ -35,6 +38,8 @@ func (k Kind) String() string {
 		return "fail"
 	case KindCanceled:
 		return "canceled"
+	case KindPause:
+		return "pause"
 	}
 	return fmt.Sprintf("Kind(%d)", int(k))
 }
@@ -45,13 +50,18 @@ func (k Kind) String() string {
 type Policy struct {
 	RetryCodes []int
 	TokenCodes []int
+	// TokenAPIRetryCodes are the token API's errcodes worth retrying; any
+	// other refusal to issue a token (61004 IP not whitelisted, 61005/61006
+	// ticket expired/invalid, 45009 quota, a wrong secret) needs an operator.
+	TokenAPIRetryCodes []int
 }
 
 // DefaultPolicy follows shared/docs/wechat-api.md.
 func DefaultPolicy() Policy {
 	return Policy{
-		RetryCodes: []int{-1},
-		TokenCodes: []int{40001, 40014, 42001},
+		RetryCodes:         []int{-1},
+		TokenCodes:         []int{40001, 40014, 42001},
+		TokenAPIRetryCodes: []int{-1},
 	}
 }
 
@@ -103,15 +113,17 @@ func (p Policy) classifyAPI(e *wechat.APIError) Decision {
 	return d
 }
 
-// A token that cannot be had is retried with backoff: tickets arrive every
-// ten minutes and an operator can fix a whitelist or a secret meanwhile.
+// A token that cannot be had for a reason only an operator can fix pauses
+// the platform: its changes wait instead of burning attempts and quota.
 func (p Policy) classifyTokenFetch(e *token.FetchError) Decision {
 	var apiErr *wechat.APIError
 	switch {
 	case errors.Is(e, token.ErrNoTicket):
-		return Decision{Kind: KindRetry, Reason: fmt.Sprintf("no component_verify_ticket stored for platform %s yet: WeChat pushes one every 10 minutes, or store one with `wxdomain ticket set %s TICKET`", e.AppID, e.AppID)}
+		return Decision{Kind: KindPause, Reason: fmt.Sprintf("no component_verify_ticket stored for platform %s: WeChat pushes one every 10 minutes to the authorization-event URL, or store one with `wxdomain ticket set %s TICKET`", e.AppID, e.AppID)}
+	case errors.As(e, &apiErr) && slices.Contains(p.TokenAPIRetryCodes, apiErr.Code):
+		return Decision{Kind: KindRetry, APIErr: apiErr, Reason: "WeChat could not issue a component token now: " + explain(apiErr)}
 	case errors.As(e, &apiErr):
-		return Decision{Kind: KindRetry, APIErr: apiErr, Reason: "WeChat refused to issue a component token: " + explain(apiErr)}
+		return Decision{Kind: KindPause, APIErr: apiErr, Reason: "WeChat refused to issue a component token: " + explain(apiErr)}
 	}
 	return Decision{Kind: KindRetry, Reason: e.Error()}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 	"go.uber.org/zap"
 
+	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/wechat"
 	"github.com/wxdomain/wxdomain/tasks"
 )
@@ -33,6 +34,9 @@ type Config struct {
 	RetryMax    time.Duration // backoff ceiling; default 10m
 	MaxAttempts int           // attempts before giving up; default 12
 	Policy      Policy        // errcode classification; default DefaultPolicy()
+	// OperatorPause is how long a platform that needs an operator waits
+	// before its changes try again (a new ticket ends it sooner); default 10m.
+	OperatorPause time.Duration
 }
 
 // RetryError asks asynq to run the task again after Delay (read by
@@ -48,18 +52,37 @@ func (e *RetryError) Error() string {
 }
 func (e *RetryError) Unwrap() error { return e.Err }
 
+// DeferError hands a task back to asynq to run at Until without counting a
+// failed attempt (see IsFailure).
+type DeferError struct {
+	Until  time.Time
+	Reason string
+}
+
+func (e *DeferError) Error() string {
+	return fmt.Sprintf("deferred until %s: %s", e.Until.UTC().Format(time.RFC3339), e.Reason)
+}
+
+// IsFailure is asynq's Config.IsFailure: a deferral is not a failure, so it
+// uses up none of the task's retries.
+func IsFailure(err error) bool {
+	var d *DeferError
+	return !errors.As(err, &d)
+}
+
 // Handler processes tasks.TypeJumpDomain tasks. Running it twice for the
 // same task is safe: a task whose record is final is not executed again.
 type Handler struct {
 	store    *tasks.Store
 	tokens   Tokens
 	upstream Upstream
+	pauses   *pause.Store
 	cfg      Config
 	log      *zap.Logger
 }
 
 // NewHandler returns a handler.
-func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, cfg Config, log *zap.Logger) *Handler {
+func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pause.Store, cfg Config, log *zap.Logger) *Handler {
 	if cfg.RetryBase <= 0 {
 		cfg.RetryBase = 2 * time.Second
 	}
@@ -72,7 +95,10 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, cfg Config
 	if cfg.Policy.RetryCodes == nil && cfg.Policy.TokenCodes == nil {
 		cfg.Policy = DefaultPolicy()
 	}
-	return &Handler{store: store, tokens: tokens, upstream: upstream, cfg: cfg, log: log}
+	if cfg.OperatorPause <= 0 {
+		cfg.OperatorPause = 10 * time.Minute
+	}
+	return &Handler{store: store, tokens: tokens, upstream: upstream, pauses: pauses, cfg: cfg, log: log}
 }
 
 // ProcessTask implements asynq.Handler.
@@ -84,6 +110,14 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	id := t.ResultWriter().TaskID()
 	queue, _ := asynq.GetQueueName(ctx)
+
+	p, paused, err := h.pauses.Get(ctx, change.Platform)
+	if err != nil {
+		return err
+	}
+	if paused {
+		return h.deferTask(ctx, id, queue, change, p, false)
+	}
 
 	rec, err := h.begin(ctx, id, queue, change)
 	switch {
@@ -167,8 +201,11 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 	}
 
 	d := h.cfg.Policy.Classify(callErr)
-	if d.Kind == KindCanceled {
+	switch d.Kind {
+	case KindCanceled:
 		return h.interrupted(ctx, rec, callErr)
+	case KindPause:
+		return h.pausePlatform(ctx, rec, d)
 	}
 	var next time.Duration
 	updated, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
@@ -205,6 +242,64 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 	}
 	log.Warn("change failed", zap.String("reason", d.Reason))
 	return fmt.Errorf("%s: %w", d.Reason, asynq.SkipRetry)
+}
+
+// pausePlatform makes the whole fleet hold the platform's changes; the one
+// process that starts the pause logs it, once per period.
+func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decision) error {
+	p := pause.Pause{Reason: d.Reason, Until: time.Now().Add(h.cfg.OperatorPause)}
+	if d.APIErr != nil {
+		p.ErrCode = d.APIErr.Code
+	}
+	started, err := h.pauses.Set(ctx, rec.Platform, p)
+	if err != nil {
+		return err
+	}
+	if started {
+		h.log.Warn("platform needs an operator; its changes wait",
+			zap.String("platform", rec.Platform), zap.String("reason", p.Reason),
+			zap.Int("errcode", p.ErrCode), zap.Time("until", p.Until))
+	} else if cur, ok, err := h.pauses.Get(ctx, rec.Platform); err == nil && ok {
+		p = cur
+	}
+	return h.deferTask(ctx, rec.TaskID, rec.Queue, rec.Change(), p, true)
+}
+
+// deferTask records that the change waits for its platform's pause and
+// hands it back to asynq without using an attempt; undo takes back the
+// attempt that begin counted.
+func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.JumpDomainChange, p pause.Pause, undo bool) error {
+	until := p.Until.UTC()
+	update := func(r *tasks.Record) error {
+		if r.CancelRequested {
+			r.Status, r.Error = tasks.StatusCanceled, "canceled while its platform was paused"
+			return nil
+		}
+		if undo && r.Attempts > 0 {
+			r.Attempts--
+		}
+		r.Status = tasks.StatusRetrying
+		r.Error = "waiting, platform paused: " + p.Reason
+		r.NextAttemptAt = &until
+		return nil
+	}
+	rec, err := h.store.Update(ctx, id, update)
+	if errors.Is(err, tasks.ErrTaskNotFound) {
+		if _, err = h.store.Create(ctx, tasks.NewRecord(id, change, queue)); err != nil {
+			return err
+		}
+		rec, err = h.store.Update(ctx, id, update)
+	}
+	if errors.Is(err, tasks.ErrFinal) || (err == nil && rec.Status == tasks.StatusCanceled) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := h.pauses.AddDeferred(ctx, change.Platform, pause.Deferred{TaskID: id, Queue: queue}); err != nil {
+		return err
+	}
+	return &DeferError{Until: p.Until, Reason: p.Reason}
 }
 
 // interrupted records a run whose context ended: a cancel request makes it
@@ -267,9 +362,15 @@ func (h *Handler) backoff(attempt int) time.Duration {
 // RetryDelay is asynq's Config.RetryDelayFunc: the delay the handler chose,
 // or backoff for errors that bypassed the handler (timeouts, lost leases).
 func (h *Handler) RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
-	var re *RetryError
-	if errors.As(err, &re) {
+	var (
+		re *RetryError
+		de *DeferError
+	)
+	switch {
+	case errors.As(err, &re):
 		return re.Delay
+	case errors.As(err, &de):
+		return max(time.Until(de.Until), time.Second)
 	}
 	return h.backoff(n + 1)
 }

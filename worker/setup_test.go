@@ -10,8 +10,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/redistest"
 	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechat"
@@ -31,8 +34,11 @@ type testBundle struct {
 	client  *tasks.Client
 	store   *tasks.Store
 	tickets *token.Tickets
+	tokens  *token.Source
+	pauses  *pause.Store
 	handler *worker.Handler
 	log     *zap.Logger
+	logs    *observer.ObservedLogs
 }
 
 type setupOpts struct {
@@ -53,7 +59,8 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	srv := httptest.NewServer(sb.Handler())
 	t.Cleanup(srv.Close)
 
-	log := zaptest.NewLogger(t)
+	obs, logs := observer.New(zapcore.InfoLevel)
+	log := zaptest.NewLogger(t, zaptest.WrapOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return zapcore.NewTee(c, obs) })))
 	wc, err := wechat.New(srv.URL, &http.Client{Timeout: 5 * time.Second})
 	require.NoError(t, err)
 	tickets := token.NewTickets(rb.Client, rb.Prefix)
@@ -75,7 +82,8 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	if o.retryBase == 0 {
 		o.retryBase = 20 * time.Millisecond
 	}
-	h := worker.NewHandler(store, tokens, wc, worker.Config{RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts}, log)
+	pauses := pause.NewStore(rb.Client, rb.Prefix)
+	h := worker.NewHandler(store, tokens, wc, pauses, worker.Config{RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute}, log)
 
 	client := tasks.NewClient(rb.Client, tasks.ClientConfig{
 		Prefix: rb.Prefix, Queue: rb.Queue, ResultTTL: time.Hour, PollInterval: 50 * time.Millisecond,
@@ -83,7 +91,7 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	})
 	t.Cleanup(func() { _ = client.Close() })
 
-	b := &testBundle{redis: rb, sandbox: sb, client: client, store: store, tickets: tickets, handler: h, log: log}
+	b := &testBundle{redis: rb, sandbox: sb, client: client, store: store, tickets: tickets, tokens: tokens, pauses: pauses, handler: h, log: log, logs: logs}
 	if !o.noWorker {
 		b.startWorker(t)
 	}
@@ -96,6 +104,11 @@ func (b *testBundle) startWorker(t *testing.T) (stop func()) {
 	t.Helper()
 	wctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		b.tokens.Watch(wctx)
+	}()
 	go func() {
 		done <- worker.Run(wctx, b.redis.Client, worker.ServerConfig{
 			Concurrency: 4, Queues: map[string]int{b.redis.Queue: 1}, ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond,
@@ -106,6 +119,7 @@ func (b *testBundle) startWorker(t *testing.T) (stop func()) {
 		once.Do(func() {
 			cancel()
 			require.NoError(t, <-done)
+			<-watched
 		})
 	}
 	t.Cleanup(stop)

@@ -9,12 +9,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/wxdomain/wxdomain/internal/config"
+	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechat"
 	"github.com/wxdomain/wxdomain/tasks"
@@ -156,8 +158,17 @@ func (a *app) producer(ctx context.Context, needPlatforms bool, check func(tasks
 	return &producer{rdb: rdb, client: client}, nil
 }
 
-// newHandler wires the worker from configuration: what `worker` and `dev` share.
-func newHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, log *zap.Logger) (*worker.Handler, error) {
+// fleet is the worker's wiring from configuration: what `worker` and `dev` share.
+type fleet struct {
+	rdb     redis.UniversalClient
+	handler *worker.Handler
+	tokens  *token.Source
+	tickets *token.Tickets
+	pauses  *pause.Store
+	log     *zap.Logger
+}
+
+func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, log *zap.Logger) (*fleet, error) {
 	wc, err := wechat.New(cfg.WeChatBaseURL, &http.Client{Timeout: cfg.HTTPTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("WXDOMAIN_WECHAT_BASE_URL: %w", err)
@@ -167,11 +178,31 @@ func newHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.
 		return p.Secret.Reveal(), ok && p.Secret != ""
 	}
 	tickets := token.NewTickets(rdb, cfg.KeyPrefix)
-	tokens := token.NewSource(rdb, wc, tickets, token.SourceConfig{Prefix: cfg.KeyPrefix, Margin: cfg.TokenMargin, Secret: secret}, log.Named("token"))
+	tokens := token.NewSource(rdb, wc, tickets, token.SourceConfig{
+		Prefix: cfg.KeyPrefix, Margin: cfg.TokenMargin, Secret: secret,
+	}, log.Named("token"))
+	pauses := pause.NewStore(rdb, cfg.KeyPrefix)
 	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL)
-	return worker.NewHandler(store, tokens, wc, worker.Config{
-		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts,
-	}, log), nil
+	h := worker.NewHandler(store, tokens, wc, pauses, worker.Config{
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts, OperatorPause: cfg.OperatorPause,
+	}, log)
+	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, log: log}, nil
+}
+
+// run processes changes until ctx ends; tokens are kept in memory while
+// the fleet's token changes are followed.
+func (f *fleet) run(ctx context.Context, sc worker.ServerConfig) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		f.tokens.Watch(wctx)
+	}()
+	err := worker.Run(ctx, f.rdb, sc, f.handler, f.log)
+	cancel()
+	<-watched
+	return err
 }
 
 func (a *app) workerCommand() *cobra.Command {
@@ -206,7 +237,7 @@ func (a *app) workerCommand() *cobra.Command {
 				return err
 			}
 			defer rdb.Close()
-			h, err := newHandler(rdb, cfg, platforms, log)
+			f, err := newFleet(rdb, cfg, platforms, log)
 			if err != nil {
 				return err
 			}
@@ -215,9 +246,9 @@ func (a *app) workerCommand() *cobra.Command {
 				zap.String("wechat_base_url", cfg.WeChatBaseURL),
 				zap.Int("platforms", len(platforms.List)),
 				zap.String("queue", cfg.Queue))
-			return worker.Run(ctx, rdb, worker.ServerConfig{
+			return f.run(ctx, worker.ServerConfig{
 				Concurrency: cfg.Concurrency, Queues: map[string]int{cfg.Queue: 1}, ShutdownTimeout: cfg.ShutdownTimeout,
-			}, h, log)
+			})
 		},
 	}
 	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "tasks run at once (overrides WXDOMAIN_CONCURRENCY, default 20)")
@@ -257,6 +288,15 @@ func (a *app) ticketCommand() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "stored the component_verify_ticket of %s\n", appid)
+			inspector := asynq.NewInspectorFromRedisClient(rdb)
+			defer inspector.Close()
+			n, err := worker.Resume(cmd.Context(), pause.NewStore(rdb, cfg.KeyPrefix), inspector, appid)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				fmt.Fprintf(a.stdout, "lifted the platform's pause; %d waiting changes run now\n", n)
+			}
 			return nil
 		},
 	})

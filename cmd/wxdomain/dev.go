@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wxdomain/wxdomain/internal/config"
-	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechattest"
 	"github.com/wxdomain/wxdomain/tasks"
 	"github.com/wxdomain/wxdomain/worker"
@@ -94,24 +93,23 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr string) error 
 	defer func() { _ = log.Sync() }()
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
-	tickets := token.NewTickets(rdb, cfg.KeyPrefix)
-	for _, p := range devPlatforms {
-		if err := tickets.Set(ctx, p.appid, "dev-ticket"); err != nil {
-			return err
-		}
-	}
-	h, err := newHandler(rdb, cfg, platforms, log)
+	f, err := newFleet(rdb, cfg, platforms, log)
 	if err != nil {
 		return err
+	}
+	for _, p := range devPlatforms {
+		if err := f.tickets.Set(ctx, p.appid, "dev-ticket"); err != nil {
+			return err
+		}
 	}
 	wctx, stopWorker := context.WithCancel(ctx)
 	defer stopWorker()
 	workerDone := make(chan error, 1)
 	go func() {
-		workerDone <- worker.Run(wctx, rdb, worker.ServerConfig{
+		workerDone <- f.run(wctx, worker.ServerConfig{
 			Concurrency: cfg.Concurrency, Queues: map[string]int{cfg.Queue: 1},
 			ShutdownTimeout: cfg.ShutdownTimeout, PollInterval: 200 * time.Millisecond,
-		}, h, log)
+		})
 	}()
 
 	client := tasks.NewClient(rdb, tasks.ClientConfig{

@@ -30,6 +30,7 @@ type Config struct {
 	HTTPTimeout     time.Duration
 	ShutdownTimeout time.Duration
 	TokenMargin     time.Duration
+	OperatorPause   time.Duration
 	Queue           string
 	KeyPrefix       string
 	LogLevel        zapcore.Level
@@ -50,6 +51,7 @@ func Default() Config {
 		HTTPTimeout:     15 * time.Second,
 		ShutdownTimeout: 30 * time.Second,
 		TokenMargin:     10 * time.Minute,
+		OperatorPause:   10 * time.Minute,
 		Queue:           tasks.QueueDefault,
 		KeyPrefix:       tasks.DefaultPrefix,
 		LogLevel:        zapcore.InfoLevel,
@@ -77,6 +79,7 @@ var Settings = []Setting{
 	{"WXDOMAIN_HTTP_TIMEOUT", durationSetting(func(c *Config) *time.Duration { return &c.HTTPTimeout }, 100*time.Millisecond)},
 	{"WXDOMAIN_SHUTDOWN_TIMEOUT", durationSetting(func(c *Config) *time.Duration { return &c.ShutdownTimeout }, time.Second)},
 	{"WXDOMAIN_TOKEN_REFRESH_MARGIN", durationSetting(func(c *Config) *time.Duration { return &c.TokenMargin }, 0)},
+	{"WXDOMAIN_OPERATOR_PAUSE", durationSetting(func(c *Config) *time.Duration { return &c.OperatorPause }, time.Second)},
 	{"WXDOMAIN_QUEUE", func(c *Config, v string) error { c.Queue = v; return checkName(v) }},
 	{"WXDOMAIN_KEY_PREFIX", func(c *Config, v string) error { c.KeyPrefix = v; return checkName(v) }},
 	{"WXDOMAIN_LOG_LEVEL", func(c *Config, v string) error {

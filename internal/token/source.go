@@ -6,7 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -40,18 +43,25 @@ var ErrUnknownPlatform = errors.New("platform not in the platforms file")
 // SourceConfig configures a Source.
 type SourceConfig struct {
 	Prefix string
-	// Margin: a token is refreshed this long before it expires.
+	// Margin: a token is refreshed this long before it expires, plus a
+	// jitter of up to a fifth of it, the same in every process for a given
+	// token, so that platforms don't all refresh at once.
 	Margin time.Duration
 	// Lease bounds how long a crashed refresher can block the others.
 	Lease time.Duration
 	// Secret returns a platform's app secret.
 	Secret func(appid string) (string, bool)
+	// Observe, if set, is told of every fetch from WeChat and its outcome
+	// (for metrics).
+	Observe func(appid string, err error)
 }
 
 // Source hands out each platform's component token. The token lives in
 // Redis, shared by every process; one process refreshes it under a lock
 // while the others wait for and reuse its result, so a fleet fetches a
-// token once per platform per expiry.
+// token once per platform per expiry. While Watch runs, each process also
+// keeps tokens in memory and answers without a Redis round trip until the
+// shared entry changes (announced on a pub/sub channel) or nears expiry.
 type Source struct {
 	rdb     redis.UniversalClient
 	fetcher Fetcher
@@ -60,6 +70,10 @@ type Source struct {
 	log     *zap.Logger
 	now     func() time.Time
 	group   singleflight.Group
+
+	mu    sync.RWMutex
+	local map[string]entry
+	live  atomic.Bool // the change feed is subscribed: local entries can be trusted
 }
 
 // NewSource returns a token source.
@@ -67,39 +81,75 @@ func NewSource(rdb redis.UniversalClient, f Fetcher, t *Tickets, cfg SourceConfi
 	if cfg.Lease <= 0 {
 		cfg.Lease = 30 * time.Second
 	}
-	return &Source{rdb: rdb, fetcher: f, tickets: t, cfg: cfg, log: log, now: time.Now}
+	if cfg.Observe == nil {
+		cfg.Observe = func(string, error) {}
+	}
+	return &Source{rdb: rdb, fetcher: f, tickets: t, cfg: cfg, log: log, now: time.Now, local: map[string]entry{}}
 }
 
 func (s *Source) key(appid string) string     { return s.cfg.Prefix + "token:" + appid }
 func (s *Source) lockKey(appid string) string { return s.cfg.Prefix + "token_lock:" + appid }
+func (s *Source) channel() string             { return s.cfg.Prefix + "token_changes" }
+func (s *Source) fetchesKey(appid string, t time.Time) string {
+	return s.cfg.Prefix + "token_fetches:" + appid + ":" + t.In(chinaTime).Format("20060102")
+}
+
+// chinaTime is UTC+8, where WeChat's days (and quotas) start.
+var chinaTime = time.FixedZone("UTC+8", 8*3600)
 
 type entry struct {
-	token   string
-	expires time.Time
+	token      string
+	expires    time.Time
+	fetched    time.Time
+	generation int64
 }
 
 func (s *Source) read(ctx context.Context, appid string) (entry, error) {
-	v, err := s.rdb.HMGet(ctx, s.key(appid), "token", "expires_at").Result()
+	v, err := s.rdb.HMGet(ctx, s.key(appid), "token", "expires_at", "fetched_at", "generation").Result()
 	if err != nil {
 		return entry{}, fmt.Errorf("read token of %s: %w", appid, err)
 	}
+	num := func(i int) int64 {
+		str, _ := v[i].(string)
+		n, _ := strconv.ParseInt(str, 10, 64)
+		return n
+	}
 	tok, _ := v[0].(string)
-	ms, _ := v[1].(string)
-	n, _ := strconv.ParseInt(ms, 10, 64)
-	return entry{token: tok, expires: time.UnixMilli(n)}, nil
+	return entry{token: tok, expires: time.UnixMilli(num(1)), fetched: time.UnixMilli(num(2)), generation: num(3)}, nil
+}
+
+// refreshAt is when a token is due for refresh: the same moment in every
+// process, since the jitter comes from the token itself.
+func (s *Source) refreshAt(e entry) time.Time {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(e.token))
+	jitter := time.Duration(0)
+	if span := int64(s.cfg.Margin / 5); span > 0 {
+		jitter = time.Duration(int64(h.Sum32()) % span)
+	}
+	return e.expires.Add(-s.cfg.Margin - jitter)
 }
 
 func (s *Source) fresh(e entry) bool {
-	return e.token != "" && s.now().Add(s.cfg.Margin).Before(e.expires)
+	return e.token != "" && s.now().Before(s.refreshAt(e))
 }
 
 // Token returns a valid component token for the platform.
 func (s *Source) Token(ctx context.Context, appid string) (string, error) {
+	if s.live.Load() {
+		s.mu.RLock()
+		e, ok := s.local[appid]
+		s.mu.RUnlock()
+		if ok && s.fresh(e) {
+			return e.token, nil
+		}
+	}
 	e, err := s.read(ctx, appid)
 	if err != nil {
 		return "", err
 	}
 	if s.fresh(e) {
+		s.remember(appid, e)
 		return e.token, nil
 	}
 	// One refresh per process at a time. The refresh runs under the first
@@ -122,41 +172,104 @@ func (s *Source) Token(ctx context.Context, appid string) (string, error) {
 			if r.Err != nil {
 				return "", r.Err
 			}
-			return r.Val.(string), nil
+			e := r.Val.(entry)
+			s.remember(appid, e)
+			return e.token, nil
+		}
+	}
+}
+
+func (s *Source) remember(appid string, e entry) {
+	if !s.live.Load() {
+		return
+	}
+	s.mu.Lock()
+	s.local[appid] = e
+	s.mu.Unlock()
+}
+
+func (s *Source) forget(appid string) {
+	s.mu.Lock()
+	if appid == "" {
+		clear(s.local)
+	} else {
+		delete(s.local, appid)
+	}
+	s.mu.Unlock()
+}
+
+// Watch follows the fleet's token changes so that tokens can be kept in
+// memory; it runs until ctx ends. Without it every Token call reads Redis.
+func (s *Source) Watch(ctx context.Context) {
+	ps := s.rdb.Subscribe(ctx, s.channel())
+	defer s.live.Store(false)
+	// Receive does not return on ctx's end by itself; closing the
+	// subscription makes it.
+	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
+	defer func() {
+		if stop() {
+			_ = ps.Close()
+		}
+	}()
+	for {
+		msg, err := ps.Receive(ctx)
+		if err != nil {
+			// Changes may have been missed: trust nothing kept so far.
+			s.live.Store(false)
+			s.forget("")
+			if ctx.Err() != nil {
+				return
+			}
+			t := time.NewTimer(500 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription: // (re)subscribed
+			s.forget("")
+			s.live.Store(m.Kind == "subscribe")
+		case *redis.Message:
+			s.forget(m.Payload)
 		}
 	}
 }
 
 // refresh fetches a token under the platform's Redis lock, or waits for the
 // holder of the lock and reuses what it fetched.
-func (s *Source) refresh(ctx context.Context, appid string) (string, error) {
+func (s *Source) refresh(ctx context.Context, appid string) (entry, error) {
 	owner := randomHex()
 	wait := 20 * time.Millisecond
 	for {
 		ok, err := s.rdb.SetNX(ctx, s.lockKey(appid), owner, s.cfg.Lease).Result()
 		if err != nil {
-			return "", fmt.Errorf("lock token of %s: %w", appid, err)
+			return entry{}, fmt.Errorf("lock token of %s: %w", appid, err)
 		}
 		// Whether or not we hold the lock, someone may have refreshed it.
 		e, err := s.read(ctx, appid)
 		if err != nil {
 			s.unlock(ctx, appid, owner, ok)
-			return "", err
+			return entry{}, err
 		}
 		if s.fresh(e) {
 			s.unlock(ctx, appid, owner, ok)
-			return e.token, nil
+			return e, nil
 		}
 		if ok {
-			tok, err := s.fetch(ctx, appid)
+			e, err := s.fetch(ctx, appid)
+			s.cfg.Observe(appid, err)
 			s.unlock(ctx, appid, owner, true)
-			return tok, err
+			return e, err
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return "", fmt.Errorf("wait for token refresh of %s: %w", appid, ctx.Err())
+			return entry{}, fmt.Errorf("wait for token refresh of %s: %w", appid, ctx.Err())
 		case <-t.C:
 		}
 		wait = min(wait*2, 500*time.Millisecond)
@@ -175,46 +288,93 @@ func (s *Source) unlock(ctx context.Context, appid, owner string, held bool) {
 	_ = unlockScript.Run(context.WithoutCancel(ctx), s.rdb, []string{s.lockKey(appid)}, owner).Err()
 }
 
-func (s *Source) fetch(ctx context.Context, appid string) (string, error) {
+func (s *Source) fetch(ctx context.Context, appid string) (entry, error) {
 	secret, ok := s.cfg.Secret(appid)
 	if !ok {
-		return "", &FetchError{AppID: appid, Err: ErrUnknownPlatform}
+		return entry{}, &FetchError{AppID: appid, Err: ErrUnknownPlatform}
 	}
 	ticket, err := s.tickets.Get(ctx, appid)
 	if err != nil {
-		return "", &FetchError{AppID: appid, Err: err}
+		return entry{}, &FetchError{AppID: appid, Err: err}
 	}
 	started := s.now()
 	ct, err := s.fetcher.FetchComponentToken(ctx, appid, secret, ticket.Value)
-	if err != nil {
-		return "", &FetchError{AppID: appid, Err: err}
-	}
-	expires := started.Add(ct.ExpiresIn)
-	key := s.key(appid)
-	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, key, "token", ct.Token, "expires_at", expires.UnixMilli(), "fetched_at", started.UnixMilli())
-		p.HIncrBy(ctx, key, "generation", 1)
-		p.PExpireAt(ctx, key, expires)
+	// Every call counts against the token API's daily quota, even a refused one.
+	fetches := s.fetchesKey(appid, started)
+	_, cerr := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Incr(ctx, fetches)
+		p.Expire(ctx, fetches, 48*time.Hour)
 		return nil
 	})
 	if err != nil {
-		return "", fmt.Errorf("store token of %s: %w", appid, err)
+		return entry{}, &FetchError{AppID: appid, Err: err}
 	}
-	s.log.Info("component token fetched", zap.String("platform", appid), zap.Time("expires_at", expires))
-	return ct.Token, nil
+	if cerr != nil {
+		s.log.Warn("could not count a token fetch", zap.String("platform", appid), zap.Error(cerr))
+	}
+	e := entry{token: ct.Token, expires: started.Add(ct.ExpiresIn), fetched: started}
+	key := s.key(appid)
+	var gen *redis.IntCmd
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, key, "token", e.token, "expires_at", e.expires.UnixMilli(), "fetched_at", e.fetched.UnixMilli())
+		gen = p.HIncrBy(ctx, key, "generation", 1)
+		p.PExpireAt(ctx, key, e.expires)
+		p.Publish(ctx, s.channel(), appid)
+		return nil
+	})
+	if err != nil {
+		return entry{}, fmt.Errorf("store token of %s: %w", appid, err)
+	}
+	e.generation = gen.Val()
+	s.log.Info("component token fetched", zap.String("platform", appid), zap.Time("expires_at", e.expires), zap.Int64("generation", e.generation))
+	return e, nil
 }
 
+// invalidateScript drops the token only if it is still the one that failed,
+// and tells every process.
 var invalidateScript = redis.NewScript(`
-if redis.call("HGET", KEYS[1], "token") == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+if redis.call("HGET", KEYS[1], "token") == ARGV[1] then
+  redis.call("HDEL", KEYS[1], "token", "expires_at")
+  redis.call("HINCRBY", KEYS[1], "generation", 1)
+  redis.call("PUBLISH", KEYS[2], ARGV[2])
+  return 1
+end
 return 0`)
 
 // Invalidate drops the platform's shared token only if it is still the one
 // that failed: a token another process already replaced is kept.
 func (s *Source) Invalidate(ctx context.Context, appid, failed string) error {
-	if err := invalidateScript.Run(ctx, s.rdb, []string{s.key(appid)}, failed).Err(); err != nil {
+	s.forget(appid)
+	if err := invalidateScript.Run(ctx, s.rdb, []string{s.key(appid), s.channel()}, failed, appid).Err(); err != nil {
 		return fmt.Errorf("invalidate token of %s: %w", appid, err)
 	}
 	return nil
+}
+
+// Status is what an operator sees of a platform's token; never the token.
+type Status struct {
+	Valid        bool      `json:"valid"`
+	ExpiresAt    time.Time `json:"expires_at,omitzero"`
+	FetchedAt    time.Time `json:"fetched_at,omitzero"`
+	Generation   int64     `json:"generation"`
+	FetchesToday int64     `json:"fetches_today"`
+}
+
+// Status reports the platform's shared token state.
+func (s *Source) Status(ctx context.Context, appid string) (Status, error) {
+	e, err := s.read(ctx, appid)
+	if err != nil {
+		return Status{}, err
+	}
+	n, err := s.rdb.Get(ctx, s.fetchesKey(appid, s.now())).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return Status{}, fmt.Errorf("read token fetches of %s: %w", appid, err)
+	}
+	st := Status{Valid: e.token != "" && s.now().Before(e.expires), Generation: e.generation, FetchesToday: n}
+	if e.token != "" {
+		st.ExpiresAt, st.FetchedAt = e.expires.UTC(), e.fetched.UTC()
+	}
+	return st, nil
 }
 
 func randomHex() string {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
@@ -26,7 +28,7 @@ type tokenBundle struct {
 	tickets *token.Tickets
 }
 
-func setup(t *testing.T, open func(testing.TB) redistest.Bundle) *tokenBundle {
+func setup(t testing.TB, open func(testing.TB) redistest.Bundle) *tokenBundle {
 	t.Helper()
 	rb := open(t)
 	sb := wechattest.New(wechattest.Config{})
@@ -42,7 +44,7 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle) *tokenBundle {
 }
 
 // source is one process's token source.
-func (b *tokenBundle) source(t *testing.T, f token.Fetcher) *token.Source {
+func (b *tokenBundle) source(t testing.TB, f token.Fetcher) *token.Source {
 	if f == nil {
 		f = b.wc
 	}
@@ -177,4 +179,104 @@ func TestFetchErrors(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "t2", tk.Value)
 	assert.WithinDuration(t, time.Now(), tk.ReceivedAt, 5*time.Second)
+}
+
+// watching starts a source's change feed and waits until it is live.
+func watching(t testing.TB, b *tokenBundle, src *token.Source) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		src.Watch(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	// The feed is live once a change published now reaches it; a token
+	// read before that is simply not kept.
+	require.Eventually(t, func() bool {
+		n, err := b.redis.Client.PubSubNumSub(ctx, b.redis.Prefix+"token_changes").Result()
+		return err == nil && n[b.redis.Prefix+"token_changes"] > 0
+	}, 5*time.Second, 5*time.Millisecond)
+}
+
+func TestMemoryCacheFollowsFleetChanges(t *testing.T) {
+	t.Parallel()
+	for _, be := range redistest.Backends() {
+		t.Run(be.Name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			b := setup(t, be.Open)
+			w1, w2 := b.source(t, nil), b.source(t, nil)
+			watching(t, b, w1)
+			watching(t, b, w2)
+			first, err := w1.Token(ctx, app)
+			require.NoError(t, err)
+			// Worker 2 finds it refused and replaces it.
+			require.NoError(t, w2.Invalidate(ctx, app, first))
+			second, err := w2.Token(ctx, app)
+			require.NoError(t, err)
+			require.NotEqual(t, first, second)
+			// Worker 1 kept the first in memory, but hears of the change.
+			require.Eventually(t, func() bool {
+				got, err := w1.Token(ctx, app)
+				return err == nil && got == second
+			}, 5*time.Second, 10*time.Millisecond)
+			assert.Equal(t, 2, b.sandbox.TokenFetches(app))
+
+			st, err := w1.Status(ctx, app)
+			require.NoError(t, err)
+			assert.True(t, st.Valid)
+			assert.Equal(t, int64(2), st.FetchesToday)
+			assert.GreaterOrEqual(t, st.Generation, int64(2))
+		})
+	}
+}
+
+// countingHook counts the commands a Redis client sends.
+type countingHook struct{ n atomic.Int64 }
+
+func (h *countingHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *countingHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// BenchmarkTokenHotPath measures Token when nothing changed: with the
+// change feed live it must not touch Redis (redis_cmds/op = 0); without it,
+// one read per call.
+func BenchmarkTokenHotPath(b *testing.B) {
+	for _, watch := range []bool{true, false} {
+		name := map[bool]string{true: "watched", false: "unwatched"}[watch]
+		b.Run(name, func(b *testing.B) {
+			tb := setup(b, redistest.Mini)
+			hook := &countingHook{}
+			tb.redis.Client.AddHook(hook)
+			src := tb.source(b, nil)
+			if watch {
+				watching(b, tb, src)
+			}
+			ctx := context.Background()
+			_, err := src.Token(ctx, app)
+			require.NoError(b, err)
+			_, _ = src.Token(ctx, app) // now kept in memory
+			before := hook.n.Load()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := src.Token(ctx, app); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(hook.n.Load()-before)/float64(b.N), "redis_cmds/op")
+		})
+	}
 }

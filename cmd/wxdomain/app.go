@@ -56,6 +56,7 @@ func newRootCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra
 		a.enqueueCommand(),
 		a.statusCommand(),
 		a.cancelCommand(),
+		a.platformsCommand(),
 		a.fakeWeChatCommand(),
 		a.devCommand(),
 	)

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/wxdomain/wxdomain/internal/redistest"
@@ -51,7 +52,14 @@ func (b *tokenBundle) source(t testing.TB, f token.Fetcher) *token.Source {
 	return token.NewSource(b.redis.Client, f, b.tickets, token.SourceConfig{
 		Prefix: b.redis.Prefix, Margin: time.Minute, Lease: 2 * time.Second,
 		Secret: func(appid string) (string, bool) { return "s", appid == app },
-	}, zaptest.NewLogger(t))
+	}, logger(t))
+}
+
+func logger(t testing.TB) *zap.Logger {
+	if _, bench := t.(*testing.B); bench {
+		return zap.NewNop()
+	}
+	return zaptest.NewLogger(t)
 }
 
 func TestOneFetchForManyCallers(t *testing.T) {

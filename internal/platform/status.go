@@ -1,0 +1,73 @@
+// Package platform reports what an operator needs to know about each
+// configured platform: its shared token, its ticket and any pause.
+package platform
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/wxdomain/wxdomain/internal/pause"
+	"github.com/wxdomain/wxdomain/internal/token"
+)
+
+// Status is one platform's state. It never holds a secret, a ticket or a token.
+type Status struct {
+	AppID  string       `json:"appid"`
+	Rate   float64      `json:"rate"`
+	Token  token.Status `json:"token"`
+	Ticket TicketStatus `json:"ticket"`
+	// Pause is set while the platform's changes wait (operator needed, quota).
+	Pause *pause.Pause `json:"pause,omitempty"`
+}
+
+// TicketStatus says whether a ticket is stored and how old it is.
+type TicketStatus struct {
+	Stored     bool      `json:"stored"`
+	ReceivedAt time.Time `json:"received_at,omitzero"`
+	AgeSeconds int64     `json:"age_seconds,omitempty"`
+}
+
+// Sources are the stores a report reads.
+type Sources struct {
+	Tokens  *token.Source
+	Tickets *token.Tickets
+	Pauses  *pause.Store
+}
+
+// Configured is a platform from the platforms file.
+type Configured struct {
+	AppID string
+	Rate  float64
+}
+
+// Report returns the state of each platform, in the given order.
+func Report(ctx context.Context, src Sources, platforms []Configured) ([]Status, error) {
+	out := make([]Status, 0, len(platforms))
+	now := time.Now()
+	for _, p := range platforms {
+		st := Status{AppID: p.AppID, Rate: p.Rate}
+		var err error
+		if st.Token, err = src.Tokens.Status(ctx, p.AppID); err != nil {
+			return nil, err
+		}
+		t, err := src.Tickets.Get(ctx, p.AppID)
+		switch {
+		case errors.Is(err, token.ErrNoTicket):
+		case err != nil:
+			return nil, err
+		default:
+			st.Ticket = TicketStatus{Stored: true, ReceivedAt: t.ReceivedAt.UTC(), AgeSeconds: int64(now.Sub(t.ReceivedAt) / time.Second)}
+		}
+		pz, paused, err := src.Pauses.Get(ctx, p.AppID)
+		if err != nil {
+			return nil, err
+		}
+		if paused {
+			pz.Until = pz.Until.UTC()
+			st.Pause = &pz
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -72,7 +73,7 @@ func printPlatforms(w io.Writer, report []platform.Status, now time.Time) error 
 			fetched = ago(now, s.Token.FetchedAt)
 			tok = "expired " + ago(now, s.Token.ExpiresAt)
 			if s.Token.Valid {
-				tok = fmt.Sprintf("valid until %s (%s left)", s.Token.ExpiresAt.Local().Format("15:04:05"), s.Token.ExpiresAt.Sub(now).Round(time.Minute))
+				tok = fmt.Sprintf("valid until %s (%s left)", s.Token.ExpiresAt.Local().Format("15:04:05"), strings.TrimSuffix(s.Token.ExpiresAt.Sub(now).Round(time.Minute).String(), "0s"))
 			}
 		}
 		ticket := "none stored"

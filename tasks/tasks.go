@@ -17,9 +17,12 @@ import (
 // renamed.
 const TypeJumpDomain = "wxdomain:jump_domain"
 
-// Queues the workers listen on.
+// Queues the workers listen on. Bulk work (rollouts) goes to the bulk
+// queue, which workers serve only when the default queue is empty, so a
+// single change starts promptly however much bulk work waits.
 const (
 	QueueDefault = "wxdomain"
+	QueueBulk    = "wxdomain_bulk"
 )
 
 // Defaults a producer applies when it enqueues.

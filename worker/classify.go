@@ -50,6 +50,10 @@ func (k Kind) String() string {
 type Policy struct {
 	RetryCodes []int
 	TokenCodes []int
+	// MinuteCodes pause the platform until the next minute; DayCodes until
+	// the next 00:00 China time. Neither uses an attempt.
+	MinuteCodes []int
+	DayCodes    []int
 	// TokenAPIRetryCodes are the token API's errcodes worth retrying; any
 	// other refusal to issue a token (61004 IP not whitelisted, 61005/61006
 	// ticket expired/invalid, 45009 quota, a wrong secret) needs an operator.
@@ -62,12 +66,29 @@ func DefaultPolicy() Policy {
 		RetryCodes:         []int{-1},
 		TokenCodes:         []int{40001, 40014, 42001},
 		TokenAPIRetryCodes: []int{-1},
+		MinuteCodes:        []int{45011},
+		DayCodes:           []int{45009},
 	}
 }
+
+// ResumeAt says when a paused platform's changes try again.
+type ResumeAt int
+
+// When pauses end.
+const (
+	// ResumeAfterOperatorPause: after Config.OperatorPause, or a new ticket.
+	ResumeAfterOperatorPause ResumeAt = iota
+	// ResumeNextMinute: 45011, the per-minute frequency limit.
+	ResumeNextMinute
+	// ResumeNextChinaDay: 45009, the daily quota, resets at 00:00 UTC+8.
+	ResumeNextChinaDay
+)
 
 // Decision is the verdict on one outcome.
 type Decision struct {
 	Kind Kind
+	// Resume is set for KindPause.
+	Resume ResumeAt
 	// Reason is a plain-words explanation for the task record.
 	Reason string
 	// APIErr is set when WeChat answered with an errcode.
@@ -106,6 +127,10 @@ func (p Policy) classifyAPI(e *wechat.APIError) Decision {
 		d.Kind = KindRetry
 	case slices.Contains(p.TokenCodes, e.Code):
 		d.Kind = KindRefreshToken
+	case slices.Contains(p.MinuteCodes, e.Code):
+		d.Kind, d.Resume = KindPause, ResumeNextMinute
+	case slices.Contains(p.DayCodes, e.Code):
+		d.Kind, d.Resume = KindPause, ResumeNextChinaDay
 	default:
 		d.Kind = KindFail
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/hibiken/asynq"
 	"go.uber.org/zap"
 
+	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/wechat"
 	"github.com/wxdomain/wxdomain/tasks"
@@ -37,6 +38,14 @@ type Config struct {
 	// OperatorPause is how long a platform that needs an operator waits
 	// before its changes try again (a new ticket ends it sooner); default 10m.
 	OperatorPause time.Duration
+	// Rate returns a platform's call rate; nil means no limits.
+	Rate func(appid string) limit.Rate
+	// MaxWait is how long a task may wait in the handler for its call
+	// slot; a longer wait hands it back to asynq. Default 1s.
+	MaxWait time.Duration
+	// MaxDefer bounds how long a change may be deferred in all (rate
+	// limits and pauses use no attempts); default 48h.
+	MaxDefer time.Duration
 }
 
 // RetryError asks asynq to run the task again after Delay (read by
@@ -77,12 +86,13 @@ type Handler struct {
 	tokens   Tokens
 	upstream Upstream
 	pauses   *pause.Store
+	limiter  *limit.Limiter
 	cfg      Config
 	log      *zap.Logger
 }
 
-// NewHandler returns a handler.
-func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pause.Store, cfg Config, log *zap.Logger) *Handler {
+// NewHandler returns a handler. limiter may be nil (no rate limits).
+func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pause.Store, limiter *limit.Limiter, cfg Config, log *zap.Logger) *Handler {
 	if cfg.RetryBase <= 0 {
 		cfg.RetryBase = 2 * time.Second
 	}
@@ -98,7 +108,16 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pa
 	if cfg.OperatorPause <= 0 {
 		cfg.OperatorPause = 10 * time.Minute
 	}
-	return &Handler{store: store, tokens: tokens, upstream: upstream, pauses: pauses, cfg: cfg, log: log}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = time.Second
+	}
+	if cfg.MaxDefer <= 0 {
+		cfg.MaxDefer = 48 * time.Hour
+	}
+	if cfg.Rate == nil {
+		cfg.Rate = func(string) limit.Rate { return limit.Rate{} }
+	}
+	return &Handler{store: store, tokens: tokens, upstream: upstream, pauses: pauses, limiter: limiter, cfg: cfg, log: log}
 }
 
 // ProcessTask implements asynq.Handler.
@@ -116,7 +135,10 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return err
 	}
 	if paused {
-		return h.deferTask(ctx, id, queue, change, p, false)
+		return h.deferTask(ctx, id, queue, change, deferral{until: p.Until, reason: "platform paused: " + p.Reason, resumable: true})
+	}
+	if ok, err := h.awaitSlot(ctx, id, queue, change); !ok {
+		return err
 	}
 
 	rec, err := h.begin(ctx, id, queue, change)
@@ -133,6 +155,40 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 
 	res, err := h.call(ctx, change)
 	return h.finish(ctx, rec, res, err)
+}
+
+// awaitSlot takes the change's call slot from the fleet-wide limiter,
+// sleeping if it comes within MaxWait; otherwise the task goes back to
+// asynq, without using an attempt, until capacity frees up, so that it
+// holds no worker slot meanwhile. It reports whether to go on.
+func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (bool, error) {
+	if h.limiter == nil {
+		return true, nil
+	}
+	rate := h.cfg.Rate(change.Platform)
+	res, err := h.limiter.Reserve(ctx, change.Platform, rate, h.cfg.MaxWait)
+	if err != nil {
+		return false, err
+	}
+	if !res.OK {
+		// Spread the returns so that deferred tasks don't all come back at once.
+		back := res.Wait + time.Duration(rand.Int64N(int64(res.Wait/2)+1))
+		return false, h.deferTask(ctx, id, queue, change, deferral{
+			until:  time.Now().Add(back),
+			reason: fmt.Sprintf("rate limit: waiting for a call slot of platform %s (%g calls/s)", change.Platform, rate.PerSecond),
+		})
+	}
+	if res.Wait <= 0 {
+		return true, nil
+	}
+	t := time.NewTimer(res.Wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case <-t.C:
+		return true, nil
+	}
 }
 
 // begin marks the record running and counts the attempt; it creates the
@@ -152,14 +208,18 @@ func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.Jump
 		}
 		return nil
 	}
-	rec, err := h.store.Update(ctx, id, update)
+	return h.updateOrCreate(ctx, id, queue, change, update)
+}
+
+// updateOrCreate updates a task's record, creating it first if the task
+// was enqueued by a bare asynq producer or its record expired.
+func (h *Handler) updateOrCreate(ctx context.Context, id, queue string, change tasks.JumpDomainChange, fn func(*tasks.Record) error) (*tasks.Record, error) {
+	rec, err := h.store.Update(ctx, id, fn)
 	if errors.Is(err, tasks.ErrTaskNotFound) {
-		// Enqueued by a bare asynq producer, or the record expired.
-		_, err = h.store.Create(ctx, tasks.NewRecord(id, change, queue))
-		if err != nil {
+		if _, err = h.store.Create(ctx, tasks.NewRecord(id, change, queue)); err != nil {
 			return nil, err
 		}
-		rec, err = h.store.Update(ctx, id, update)
+		rec, err = h.store.Update(ctx, id, fn)
 	}
 	return rec, err
 }
@@ -172,7 +232,7 @@ func (h *Handler) call(ctx context.Context, change tasks.JumpDomainChange) (wech
 	if err != nil {
 		return wechat.JumpDomains{}, err
 	}
-	res, err := h.upstream.ModifyJumpDomain(ctx, tok, req)
+	res, err := h.modify(ctx, change.Platform, tok, req)
 	if h.cfg.Policy.Classify(err).Kind != KindRefreshToken {
 		return res, err
 	}
@@ -182,7 +242,24 @@ func (h *Handler) call(ctx context.Context, change tasks.JumpDomainChange) (wech
 	if tok, err = h.tokens.Token(ctx, change.Platform); err != nil {
 		return res, err
 	}
-	return h.upstream.ModifyJumpDomain(ctx, tok, req)
+	return h.modify(ctx, change.Platform, tok, req)
+}
+
+// modify calls WeChat and tells the limiter whether WeChat was busy, so
+// that the platform's pace adapts.
+func (h *Handler) modify(ctx context.Context, appid, tok string, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
+	res, err := h.upstream.ModifyJumpDomain(ctx, tok, req)
+	if h.limiter == nil {
+		return res, err
+	}
+	var apiErr *wechat.APIError
+	busy := errors.As(err, &apiErr) && apiErr.Code == -1
+	if err == nil || apiErr != nil {
+		if ferr := h.limiter.Feedback(ctx, appid, busy); ferr != nil {
+			h.log.Debug("pacing feedback lost", zap.String("platform", appid), zap.Error(ferr))
+		}
+	}
+	return res, err
 }
 
 // finish records the outcome and tells asynq what to do next.
@@ -245,9 +322,18 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 }
 
 // pausePlatform makes the whole fleet hold the platform's changes; the one
-// process that starts the pause logs it, once per period.
+// process that starts the pause logs it, once per pause.
 func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decision) error {
-	p := pause.Pause{Reason: d.Reason, Until: time.Now().Add(h.cfg.OperatorPause)}
+	now := time.Now()
+	p := pause.Pause{Reason: d.Reason}
+	switch d.Resume {
+	case ResumeNextMinute:
+		p.Until = now.Truncate(time.Minute).Add(time.Minute)
+	case ResumeNextChinaDay:
+		p.Until = nextChinaMidnight(now)
+	default:
+		p.Until = now.Add(h.cfg.OperatorPause)
+	}
 	if d.APIErr != nil {
 		p.ErrCode = d.APIErr.Code
 	}
@@ -256,50 +342,73 @@ func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decisi
 		return err
 	}
 	if started {
-		h.log.Warn("platform needs an operator; its changes wait",
+		h.log.Warn("platform paused; its changes wait",
 			zap.String("platform", rec.Platform), zap.String("reason", p.Reason),
 			zap.Int("errcode", p.ErrCode), zap.Time("until", p.Until))
 	} else if cur, ok, err := h.pauses.Get(ctx, rec.Platform); err == nil && ok {
 		p = cur
 	}
-	return h.deferTask(ctx, rec.TaskID, rec.Queue, rec.Change(), p, true)
+	return h.deferTask(ctx, rec.TaskID, rec.Queue, rec.Change(), deferral{
+		until: p.Until, reason: "platform paused: " + p.Reason, undoAttempt: true, resumable: true,
+	})
 }
 
-// deferTask records that the change waits for its platform's pause and
-// hands it back to asynq without using an attempt; undo takes back the
-// attempt that begin counted.
-func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.JumpDomainChange, p pause.Pause, undo bool) error {
-	until := p.Until.UTC()
-	update := func(r *tasks.Record) error {
-		if r.CancelRequested {
-			r.Status, r.Error = tasks.StatusCanceled, "canceled while its platform was paused"
+// chinaTime is UTC+8, where WeChat's daily quotas reset at midnight.
+var chinaTime = time.FixedZone("UTC+8", 8*3600)
+
+func nextChinaMidnight(now time.Time) time.Time {
+	c := now.In(chinaTime)
+	return time.Date(c.Year(), c.Month(), c.Day()+1, 0, 0, 0, 0, chinaTime)
+}
+
+// deferral is a change handed back to asynq without using an attempt.
+type deferral struct {
+	until  time.Time
+	reason string
+	// undoAttempt takes back the attempt begin counted: the call never
+	// went out, or WeChat said to come back later.
+	undoAttempt bool
+	// resumable: the change waits for a pause that Resume can lift early.
+	resumable bool
+}
+
+// deferTask records that the change waits and hands it back to asynq to run
+// at d.until; past MaxDefer in all, the change fails instead.
+func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.JumpDomainChange, d deferral) error {
+	until := d.until.UTC()
+	rec, err := h.updateOrCreate(ctx, id, queue, change, func(r *tasks.Record) error {
+		switch {
+		case r.CancelRequested:
+			r.Status, r.Error = tasks.StatusCanceled, "canceled while waiting: "+d.reason
+			return nil
+		case time.Since(r.CreatedAt) > h.cfg.MaxDefer:
+			r.Status = tasks.StatusFailed
+			r.Error = fmt.Sprintf("waited longer than %s in all; last: %s", h.cfg.MaxDefer, d.reason)
 			return nil
 		}
-		if undo && r.Attempts > 0 {
+		if d.undoAttempt && r.Attempts > 0 {
 			r.Attempts--
 		}
 		r.Status = tasks.StatusRetrying
-		r.Error = "waiting, platform paused: " + p.Reason
+		r.Error = "waiting, " + d.reason
 		r.NextAttemptAt = &until
 		return nil
+	})
+	switch {
+	case errors.Is(err, tasks.ErrFinal), err == nil && rec.Status == tasks.StatusCanceled:
+		return nil
+	case err != nil:
+		return err
+	case rec.Status == tasks.StatusFailed:
+		h.log.Warn("change failed", zap.String("task_id", id), zap.String("platform", change.Platform), zap.String("reason", rec.Error))
+		return fmt.Errorf("%s: %w", rec.Error, asynq.SkipRetry)
 	}
-	rec, err := h.store.Update(ctx, id, update)
-	if errors.Is(err, tasks.ErrTaskNotFound) {
-		if _, err = h.store.Create(ctx, tasks.NewRecord(id, change, queue)); err != nil {
+	if d.resumable {
+		if err := h.pauses.AddDeferred(ctx, change.Platform, pause.Deferred{TaskID: id, Queue: queue}); err != nil {
 			return err
 		}
-		rec, err = h.store.Update(ctx, id, update)
 	}
-	if errors.Is(err, tasks.ErrFinal) || (err == nil && rec.Status == tasks.StatusCanceled) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if err := h.pauses.AddDeferred(ctx, change.Platform, pause.Deferred{TaskID: id, Queue: queue}); err != nil {
-		return err
-	}
-	return &DeferError{Until: p.Until, Reason: p.Reason}
+	return &DeferError{Until: d.until, Reason: d.reason}
 }
 
 // interrupted records a run whose context ended: a cancel request makes it

@@ -78,7 +78,7 @@ func TestOperatorNeededDefersWithoutUsingAttempts(t *testing.T) {
 				assert.Equal(t, 0, info.Retried, "asynq did not count a retry either")
 				assert.Equal(t, asynq.TaskStateRetry, info.State)
 			}
-			warnings := b.logs.FilterMessage("platform needs an operator; its changes wait").All()
+			warnings := b.logs.FilterMessage("platform paused; its changes wait").All()
 			require.Len(t, warnings, 1, "logged once per pause, not once per task")
 			assert.Equal(t, appB, warnings[0].ContextMap()["platform"])
 			assert.LessOrEqual(t, b.sandbox.TokenFetches(appB), 0, "no token was issued")

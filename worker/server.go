@@ -76,8 +76,10 @@ func NewServer(rdb redis.UniversalClient, cfg ServerConfig, h *Handler, log *zap
 		level = asynq.DebugLevel
 	}
 	return asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency:              cfg.Concurrency,
-		Queues:                   queuesOf(cfg),
+		Concurrency: cfg.Concurrency,
+		Queues:      queuesOf(cfg),
+		// Single changes go before bulk work whenever both wait.
+		StrictPriority:           true,
 		RetryDelayFunc:           h.RetryDelay,
 		IsFailure:                IsFailure,
 		ShutdownTimeout:          cfg.ShutdownTimeout,

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/redistest"
 	"github.com/wxdomain/wxdomain/internal/token"
@@ -45,6 +46,9 @@ type setupOpts struct {
 	maxAttempts int
 	retryBase   time.Duration
 	noWorker    bool
+	// rates per platform (none: unlimited) and the global rate.
+	rates  map[string]limit.Rate
+	global limit.Rate
 }
 
 // setup runs a real asynq worker against the sandbox upstream over the
@@ -83,7 +87,11 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 		o.retryBase = 20 * time.Millisecond
 	}
 	pauses := pause.NewStore(rb.Client, rb.Prefix)
-	h := worker.NewHandler(store, tokens, wc, pauses, worker.Config{RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute}, log)
+	limiter := limit.New(rb.Client, rb.Prefix, o.global, limit.Pacing{})
+	h := worker.NewHandler(store, tokens, wc, pauses, limiter, worker.Config{
+		RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute,
+		Rate: func(appid string) limit.Rate { return o.rates[appid] },
+	}, log)
 
 	client := tasks.NewClient(rb.Client, tasks.ClientConfig{
 		Prefix: rb.Prefix, Queue: rb.Queue, ResultTTL: time.Hour, PollInterval: 50 * time.Millisecond,

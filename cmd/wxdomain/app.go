@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/wxdomain/wxdomain/internal/config"
+	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechat"
@@ -166,6 +167,7 @@ type fleet struct {
 	tokens  *token.Source
 	tickets *token.Tickets
 	pauses  *pause.Store
+	limiter *limit.Limiter
 	log     *zap.Logger
 }
 
@@ -184,10 +186,36 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 	}, log.Named("token"))
 	pauses := pause.NewStore(rdb, cfg.KeyPrefix)
 	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL)
-	h := worker.NewHandler(store, tokens, wc, pauses, worker.Config{
+	limiter := limit.New(rdb, cfg.KeyPrefix, limit.Rate{PerSecond: cfg.GlobalRate, Burst: cfg.GlobalBurst}, limit.Pacing{})
+	h := worker.NewHandler(store, tokens, wc, pauses, limiter, worker.Config{
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts, OperatorPause: cfg.OperatorPause,
+		Rate: platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,
 	}, log)
-	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, log: log}, nil
+	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, log: log}, nil
+}
+
+// platformRates resolves each platform's rate: its own, or the defaults.
+func platformRates(cfg config.Config, platforms *config.Platforms) func(string) limit.Rate {
+	return func(appid string) limit.Rate {
+		p, _ := platforms.Get(appid)
+		r := limit.Rate{PerSecond: p.Rate, Burst: p.Burst}
+		if r.PerSecond == 0 {
+			r.PerSecond = cfg.DefaultRate
+		}
+		if r.Burst == 0 {
+			r.Burst = cfg.DefaultBurst
+		}
+		return r
+	}
+}
+
+func serverConfig(cfg config.Config) worker.ServerConfig {
+	return worker.ServerConfig{
+		Concurrency:     cfg.Concurrency,
+		Queues:          map[string]int{cfg.Queue: 2, cfg.BulkQueue: 1},
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		PollInterval:    cfg.PollInterval,
+	}
 }
 
 // run processes changes until ctx ends; tokens are kept in memory while
@@ -247,9 +275,7 @@ func (a *app) workerCommand() *cobra.Command {
 				zap.String("wechat_base_url", cfg.WeChatBaseURL),
 				zap.Int("platforms", len(platforms.List)),
 				zap.String("queue", cfg.Queue))
-			return f.run(ctx, worker.ServerConfig{
-				Concurrency: cfg.Concurrency, Queues: map[string]int{cfg.Queue: 1}, ShutdownTimeout: cfg.ShutdownTimeout,
-			})
+			return f.run(ctx, serverConfig(cfg))
 		},
 	}
 	cmd.Flags().IntVar(&concurrency, "concurrency", 0, "tasks run at once (overrides WXDOMAIN_CONCURRENCY, default 20)")

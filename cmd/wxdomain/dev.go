@@ -16,7 +16,6 @@ import (
 	"github.com/wxdomain/wxdomain/internal/config"
 	"github.com/wxdomain/wxdomain/internal/wechattest"
 	"github.com/wxdomain/wxdomain/tasks"
-	"github.com/wxdomain/wxdomain/worker"
 )
 
 // The demo platforms of `wxdomain dev`. Their secrets are sandbox-only.
@@ -106,10 +105,7 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr string) error 
 	defer stopWorker()
 	workerDone := make(chan error, 1)
 	go func() {
-		workerDone <- f.run(wctx, worker.ServerConfig{
-			Concurrency: cfg.Concurrency, Queues: map[string]int{cfg.Queue: 1},
-			ShutdownTimeout: cfg.ShutdownTimeout, PollInterval: 200 * time.Millisecond,
-		})
+		workerDone <- f.run(wctx, serverConfig(cfg))
 	}()
 
 	client := tasks.NewClient(rdb, tasks.ClientConfig{

@@ -31,7 +31,7 @@ func TestFleetFetchesOneTokenPerPlatform(t *testing.T) {
 	platformsFile := filepath.Join(dir, "platforms.yaml")
 	yaml := "platforms:\n"
 	for _, a := range apps {
-		yaml += fmt.Sprintf("  - {appid: %s, secret_env: SECRET_%s, rate: 5}\n", a, a)
+		yaml += fmt.Sprintf("  - {appid: %s, secret_env: SECRET_%s, rate: 1000}\n", a, a)
 	}
 	require.NoError(t, os.WriteFile(platformsFile, []byte(yaml), 0o600))
 	c := &cli{t: t, env: []string{

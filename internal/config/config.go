@@ -31,6 +31,14 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	TokenMargin     time.Duration
 	OperatorPause   time.Duration
+	DefaultRate     float64
+	DefaultBurst    int
+	GlobalRate      float64
+	GlobalBurst     int
+	LimitMaxWait    time.Duration
+	MaxDefer        time.Duration
+	PollInterval    time.Duration
+	BulkQueue       string
 	Queue           string
 	KeyPrefix       string
 	LogLevel        zapcore.Level
@@ -52,6 +60,13 @@ func Default() Config {
 		ShutdownTimeout: 30 * time.Second,
 		TokenMargin:     10 * time.Minute,
 		OperatorPause:   10 * time.Minute,
+		DefaultRate:     5,
+		DefaultBurst:    1,
+		GlobalBurst:     1,
+		LimitMaxWait:    time.Second,
+		MaxDefer:        48 * time.Hour,
+		PollInterval:    200 * time.Millisecond,
+		BulkQueue:       tasks.QueueBulk,
 		Queue:           tasks.QueueDefault,
 		KeyPrefix:       tasks.DefaultPrefix,
 		LogLevel:        zapcore.InfoLevel,
@@ -80,6 +95,14 @@ var Settings = []Setting{
 	{"WXDOMAIN_SHUTDOWN_TIMEOUT", durationSetting(func(c *Config) *time.Duration { return &c.ShutdownTimeout }, time.Second)},
 	{"WXDOMAIN_TOKEN_REFRESH_MARGIN", durationSetting(func(c *Config) *time.Duration { return &c.TokenMargin }, 0)},
 	{"WXDOMAIN_OPERATOR_PAUSE", durationSetting(func(c *Config) *time.Duration { return &c.OperatorPause }, time.Second)},
+	{"WXDOMAIN_DEFAULT_RATE", floatSetting(func(c *Config) *float64 { return &c.DefaultRate })},
+	{"WXDOMAIN_DEFAULT_BURST", intSetting(func(c *Config) *int { return &c.DefaultBurst }, 1, 1000)},
+	{"WXDOMAIN_GLOBAL_RATE", floatSetting(func(c *Config) *float64 { return &c.GlobalRate })},
+	{"WXDOMAIN_GLOBAL_BURST", intSetting(func(c *Config) *int { return &c.GlobalBurst }, 1, 1000)},
+	{"WXDOMAIN_LIMIT_MAX_WAIT", durationSetting(func(c *Config) *time.Duration { return &c.LimitMaxWait }, 0)},
+	{"WXDOMAIN_MAX_DEFER", durationSetting(func(c *Config) *time.Duration { return &c.MaxDefer }, time.Minute)},
+	{"WXDOMAIN_POLL_INTERVAL", durationSetting(func(c *Config) *time.Duration { return &c.PollInterval }, 10*time.Millisecond)},
+	{"WXDOMAIN_BULK_QUEUE", func(c *Config, v string) error { c.BulkQueue = v; return checkName(v) }},
 	{"WXDOMAIN_QUEUE", func(c *Config, v string) error { c.Queue = v; return checkName(v) }},
 	{"WXDOMAIN_KEY_PREFIX", func(c *Config, v string) error { c.KeyPrefix = v; return checkName(v) }},
 	{"WXDOMAIN_LOG_LEVEL", func(c *Config, v string) error {
@@ -121,6 +144,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 
 // Check validates relations between settings (after flags override them).
 func (c Config) Check() error {
+	if c.Queue == c.BulkQueue {
+		return fmt.Errorf("WXDOMAIN_BULK_QUEUE must differ from WXDOMAIN_QUEUE (%s)", c.Queue)
+	}
 	if c.RetryMax < c.RetryBase {
 		return fmt.Errorf("WXDOMAIN_RETRY_MAX (%s) is shorter than WXDOMAIN_RETRY_BASE (%s)", c.RetryMax, c.RetryBase)
 	}
@@ -134,6 +160,17 @@ func intSetting(field func(*Config) *int, lo, hi int) func(*Config, string) erro
 			return fmt.Errorf("%q: want a whole number from %d to %d", v, lo, hi)
 		}
 		*field(c) = n
+		return nil
+	}
+}
+
+func floatSetting(field func(*Config) *float64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f < 0 || f > 1e6 || f != f {
+			return fmt.Errorf("%q: want calls per second, 0 or more (fractions allowed; 0 means no limit)", v)
+		}
+		*field(c) = f
 		return nil
 	}
 }

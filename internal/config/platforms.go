@@ -23,10 +23,13 @@ func (s Secret) Reveal() string             { return string(s) }
 
 // Platform is one third-party platform from the platforms file.
 type Platform struct {
-	AppID     string  `yaml:"appid"`
-	Secret    Secret  `yaml:"secret"`
-	SecretEnv string  `yaml:"secret_env"`
-	Rate      float64 `yaml:"rate"`
+	AppID     string `yaml:"appid"`
+	Secret    Secret `yaml:"secret"`
+	SecretEnv string `yaml:"secret_env"`
+	// Rate is upstream calls per second (fractions allowed); 0 takes
+	// WXDOMAIN_DEFAULT_RATE. Burst 0 takes WXDOMAIN_DEFAULT_BURST.
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
 }
 
 // Platforms is the parsed platforms file.
@@ -87,6 +90,9 @@ func ParsePlatforms(b []byte) (*Platforms, error) {
 		}
 		if pl.Rate < 0 {
 			errs = append(errs, fmt.Errorf("%s (%s): rate %v must not be negative", at, pl.AppID, pl.Rate))
+		}
+		if pl.Burst < 0 {
+			errs = append(errs, fmt.Errorf("%s (%s): burst %d must not be negative", at, pl.AppID, pl.Burst))
 		}
 	}
 	if len(doc.Platforms) == 0 {

@@ -130,15 +130,18 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	id := t.ResultWriter().TaskID()
 	queue, _ := asynq.GetQueueName(ctx)
 
-	p, paused, err := h.pauses.Get(ctx, change.Platform)
-	if err != nil {
+	if paused, err := h.checkPause(ctx, id, queue, change); paused || err != nil {
 		return err
 	}
-	if paused {
-		return h.deferTask(ctx, id, queue, change, deferral{until: p.Until, reason: "platform paused: " + p.Reason, resumable: true})
-	}
-	if ok, err := h.awaitSlot(ctx, id, queue, change); !ok {
+	waited, err := h.awaitSlot(ctx, id, queue, change)
+	if waited < 0 || err != nil {
 		return err
+	}
+	if waited > 0 {
+		// The platform may have been paused while this task slept.
+		if paused, err := h.checkPause(ctx, id, queue, change); paused || err != nil {
+			return err
+		}
 	}
 
 	rec, err := h.begin(ctx, id, queue, change)
@@ -157,37 +160,47 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	return h.finish(ctx, rec, res, err)
 }
 
+// checkPause defers the change if its platform is paused.
+func (h *Handler) checkPause(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (bool, error) {
+	p, paused, err := h.pauses.Get(ctx, change.Platform)
+	if err != nil || !paused {
+		return false, err
+	}
+	return true, h.deferTask(ctx, id, queue, change, deferral{until: p.Until, reason: "platform paused: " + p.Reason, resumable: true})
+}
+
 // awaitSlot takes the change's call slot from the fleet-wide limiter,
-// sleeping if it comes within MaxWait; otherwise the task goes back to
-// asynq, without using an attempt, until capacity frees up, so that it
-// holds no worker slot meanwhile. It reports whether to go on.
-func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (bool, error) {
+// sleeping if it comes within MaxWait, and returns how long it slept.
+// Otherwise (a negative duration) the task went back to asynq, without
+// using an attempt, until capacity frees up, so that it holds no worker
+// slot meanwhile.
+func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (time.Duration, error) {
 	if h.limiter == nil {
-		return true, nil
+		return 0, nil
 	}
 	rate := h.cfg.Rate(change.Platform)
 	res, err := h.limiter.Reserve(ctx, change.Platform, rate, h.cfg.MaxWait)
 	if err != nil {
-		return false, err
+		return -1, err
 	}
 	if !res.OK {
 		// Spread the returns so that deferred tasks don't all come back at once.
 		back := res.Wait + time.Duration(rand.Int64N(int64(res.Wait/2)+1))
-		return false, h.deferTask(ctx, id, queue, change, deferral{
+		return -1, h.deferTask(ctx, id, queue, change, deferral{
 			until:  time.Now().Add(back),
 			reason: fmt.Sprintf("rate limit: waiting for a call slot of platform %s (%g calls/s)", change.Platform, rate.PerSecond),
 		})
 	}
 	if res.Wait <= 0 {
-		return true, nil
+		return 0, nil
 	}
 	t := time.NewTimer(res.Wait)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return false, ctx.Err()
+		return -1, ctx.Err()
 	case <-t.C:
-		return true, nil
+		return res.Wait, nil
 	}
 }
 

@@ -35,17 +35,23 @@ type testBundle struct {
 	client  *tasks.Client
 	store   *tasks.Store
 	tickets *token.Tickets
-	tokens  *token.Source
 	pauses  *pause.Store
-	handler *worker.Handler
 	log     *zap.Logger
 	logs    *observer.ObservedLogs
+	opts    setupOpts
+	wc      *wechat.Client
+	secrets func(string) (string, bool)
 }
 
 type setupOpts struct {
 	maxAttempts int
 	retryBase   time.Duration
 	noWorker    bool
+	// workers is how many independent workers (each with its own token
+	// source, limiter and asynq server, like separate processes) run; 1 by
+	// default, each at concurrency (default 4).
+	workers     int
+	concurrency int
 	// rates per platform (none: unlimited) and the global rate.
 	rates  map[string]limit.Rate
 	global limit.Rate
@@ -78,7 +84,6 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 		}
 		return "", false
 	}
-	tokens := token.NewSource(rb.Client, wc, tickets, token.SourceConfig{Prefix: rb.Prefix, Margin: time.Minute, Secret: secrets}, log)
 	store := tasks.NewStore(rb.Client, rb.Prefix, time.Hour)
 	if o.maxAttempts == 0 {
 		o.maxAttempts = 5
@@ -86,12 +91,10 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	if o.retryBase == 0 {
 		o.retryBase = 20 * time.Millisecond
 	}
-	pauses := pause.NewStore(rb.Client, rb.Prefix)
-	limiter := limit.New(rb.Client, rb.Prefix, o.global, limit.Pacing{})
-	h := worker.NewHandler(store, tokens, wc, pauses, limiter, worker.Config{
-		RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute,
-		Rate: func(appid string) limit.Rate { return o.rates[appid] },
-	}, log)
+	o.workers = max(o.workers, 1)
+	if o.concurrency == 0 {
+		o.concurrency = 4
+	}
 
 	client := tasks.NewClient(rb.Client, tasks.ClientConfig{
 		Prefix: rb.Prefix, Queue: rb.Queue, ResultTTL: time.Hour, PollInterval: 50 * time.Millisecond,
@@ -99,9 +102,14 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	})
 	t.Cleanup(func() { _ = client.Close() })
 
-	b := &testBundle{redis: rb, sandbox: sb, client: client, store: store, tickets: tickets, tokens: tokens, pauses: pauses, handler: h, log: log, logs: logs}
+	b := &testBundle{
+		redis: rb, sandbox: sb, client: client, store: store, tickets: tickets, pauses: pause.NewStore(rb.Client, rb.Prefix),
+		log: log, logs: logs, opts: o, wc: wc, secrets: secrets,
+	}
 	if !o.noWorker {
-		b.startWorker(t)
+		for i := 0; i < o.workers; i++ {
+			b.startWorker(t)
+		}
 	}
 	return b
 }
@@ -110,17 +118,25 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 // function stops it gracefully earlier and waits for it.
 func (b *testBundle) startWorker(t *testing.T) (stop func()) {
 	t.Helper()
+	o := b.opts
+	tokens := token.NewSource(b.redis.Client, b.wc, b.tickets, token.SourceConfig{Prefix: b.redis.Prefix, Margin: time.Minute, Secret: b.secrets}, b.log)
+	limiter := limit.New(b.redis.Client, b.redis.Prefix, o.global, limit.Pacing{})
+	h := worker.NewHandler(b.store, tokens, b.wc, b.pauses, limiter, worker.Config{
+		RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute,
+		Rate: func(appid string) limit.Rate { return o.rates[appid] },
+	}, b.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		b.tokens.Watch(wctx)
+		tokens.Watch(wctx)
 	}()
 	go func() {
 		done <- worker.Run(wctx, b.redis.Client, worker.ServerConfig{
-			Concurrency: 4, Queues: map[string]int{b.redis.Queue: 1}, ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond,
-		}, b.handler, b.log)
+			Concurrency: o.concurrency, Queues: map[string]int{b.redis.Queue: 2, b.redis.Queue + "_bulk": 1},
+			ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond,
+		}, h, b.log)
 	}()
 	var once sync.Once
 	stop = func() {

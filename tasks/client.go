@@ -12,6 +12,9 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wxdomain/wxdomain/internal/pause"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 )
 
 // ClientConfig configures a Client. The zero value works with the defaults.
@@ -261,13 +264,26 @@ func (c *Client) Cancel(ctx context.Context, taskID string) (*Record, error) {
 	if err := c.inspect.CancelProcessing(taskID); err != nil {
 		return nil, fmt.Errorf("signal cancel of task %s: %w", taskID, err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	rec, err = c.Wait(wctx, taskID)
-	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-		return rec, nil // still winding down; the caller can poll
+	// The attempt may have ended just before the signal and put the task
+	// back to wait for a retry: take it out of the queue then.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec, err = c.Get(ctx, taskID)
+		if err != nil || rec.Status.Final() {
+			return rec, err
+		}
+		if rec.Status != StatusRunning && c.inspect.DeleteTask(rec.Queue, taskID) == nil {
+			return c.markCanceled(ctx, taskID, "canceled between attempts")
+		}
+		if time.Now().After(deadline) {
+			return rec, nil // still winding down; the caller can poll
+		}
+		select {
+		case <-ctx.Done():
+			return rec, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return rec, err
 }
 
 func (c *Client) markCanceled(ctx context.Context, taskID, why string) (*Record, error) {
@@ -280,6 +296,22 @@ func (c *Client) markCanceled(ctx context.Context, taskID, why string) (*Record,
 		return rec, ErrFinal
 	}
 	return rec, err
+}
+
+// SetTicket stores a platform's component_verify_ticket (for services that
+// receive WeChat's pushes themselves), ends a pause the platform was in for
+// want of one, and runs its waiting changes at once. It reports how many.
+func (c *Client) SetTicket(ctx context.Context, appid, value string) (int, error) {
+	if !appidPattern.MatchString(appid) {
+		return 0, fmt.Errorf("appid %q: want letters, digits, '_' or '-' (at most 64)", truncate(appid))
+	}
+	if value == "" || len(value) > 1024 {
+		return 0, errors.New("ticket must be 1 to 1024 characters")
+	}
+	if err := ticket.NewStore(c.rdb, c.cfg.Prefix).Set(ctx, appid, value); err != nil {
+		return 0, err
+	}
+	return pause.NewStore(c.rdb, c.cfg.Prefix).Resume(ctx, c.inspect, appid)
 }
 
 // Close releases the client's asynq handles; the Redis connection stays

@@ -34,8 +34,10 @@ const (
 	// while; the task record outlives it (see ResultTTL).
 	DefaultRetention = time.Hour
 	// asynqMaxRetry is a safety net only: the worker counts attempts in the
-	// task record and gives up by its own configuration, well before this.
-	asynqMaxRetry = 100
+	// task record and gives up by its own configuration (at most 100), well
+	// before this; asynq also counts runs that failed before reaching WeChat
+	// (Redis trouble), which must not archive a task with a live record.
+	asynqMaxRetry = 1000
 )
 
 // Action is what a change does to a platform's jump domains.

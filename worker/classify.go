@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"slices"
 
 	"github.com/wxdomain/wxdomain/internal/token"
@@ -105,6 +106,10 @@ func (p Policy) Classify(err error) Decision {
 	switch {
 	case err == nil:
 		return Decision{}
+	case errors.As(err, &tErr):
+		// Before the context check: the HTTP client's own timeout also
+		// wraps context.DeadlineExceeded, and it is WeChat being slow.
+		return Decision{Kind: KindRetry, Reason: "could not reach WeChat: " + tErr.Error()}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return Decision{Kind: KindCanceled, Reason: "the attempt was interrupted: " + err.Error()}
 	case errors.Is(err, token.ErrUnknownPlatform):
@@ -113,8 +118,6 @@ func (p Policy) Classify(err error) Decision {
 		return p.classifyTokenFetch(fetchErr)
 	case errors.As(err, &apiErr):
 		return p.classifyAPI(apiErr)
-	case errors.As(err, &tErr):
-		return Decision{Kind: KindRetry, Reason: "could not reach WeChat: " + tErr.Error()}
 	}
 	// Redis and anything unforeseen: retried, never swallowed.
 	return Decision{Kind: KindRetry, Reason: "internal error: " + err.Error()}
@@ -143,10 +146,12 @@ func (p Policy) classifyAPI(e *wechat.APIError) Decision {
 func (p Policy) classifyTokenFetch(e *token.FetchError) Decision {
 	var apiErr *wechat.APIError
 	switch {
-	case errors.Is(e, token.ErrNoTicket):
+	case errors.Is(e, ticket.ErrNoTicket):
 		return Decision{Kind: KindPause, Reason: fmt.Sprintf("no component_verify_ticket stored for platform %s: WeChat pushes one every 10 minutes to the authorization-event URL, or store one with `wxdomain ticket set %s TICKET`", e.AppID, e.AppID)}
 	case errors.As(e, &apiErr) && slices.Contains(p.TokenAPIRetryCodes, apiErr.Code):
 		return Decision{Kind: KindRetry, APIErr: apiErr, Reason: "WeChat could not issue a component token now: " + explain(apiErr)}
+	case errors.As(e, &apiErr) && slices.Contains(p.DayCodes, apiErr.Code):
+		return Decision{Kind: KindPause, Resume: ResumeNextChinaDay, APIErr: apiErr, Reason: "WeChat refused to issue a component token: " + explain(apiErr)}
 	case errors.As(e, &apiErr):
 		return Decision{Kind: KindPause, APIErr: apiErr, Reason: "WeChat refused to issue a component token: " + explain(apiErr)}
 	}

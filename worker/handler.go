@@ -278,6 +278,13 @@ func (h *Handler) modify(ctx context.Context, appid, tok string, req wechat.Jump
 // finish records the outcome and tells asynq what to do next.
 func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, callErr error) error {
 	log := h.log.With(zap.String("task_id", rec.TaskID), zap.String("platform", rec.Platform), zap.String("action", string(rec.Action)))
+	if callErr != nil && ctx.Err() != nil {
+		return h.interrupted(ctx, rec, callErr)
+	}
+	// WeChat has answered: record it even if the task's context ends now,
+	// or the change would run again.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
+	defer cancel()
 	if callErr == nil {
 		_, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
 			applyAnswer(r, res)
@@ -385,9 +392,15 @@ type deferral struct {
 	resumable bool
 }
 
+// recordWriteTimeout bounds record writes that must happen even though the
+// task's context has ended.
+const recordWriteTimeout = 10 * time.Second
+
 // deferTask records that the change waits and hands it back to asynq to run
 // at d.until; past MaxDefer in all, the change fails instead.
 func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.JumpDomainChange, d deferral) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
+	defer cancel()
 	until := d.until.UTC()
 	rec, err := h.updateOrCreate(ctx, id, queue, change, func(r *tasks.Record) error {
 		switch {
@@ -427,7 +440,7 @@ func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.
 // interrupted records a run whose context ended: a cancel request makes it
 // canceled; a shutdown or timeout puts it back to be retried.
 func (h *Handler) interrupted(ctx context.Context, rec *tasks.Record, cause error) error {
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
 	defer cancel()
 	_, err := h.store.Update(wctx, rec.TaskID, func(r *tasks.Record) error {
 		if r.CancelRequested {

@@ -10,7 +10,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/tasks"
 )
 
@@ -50,23 +49,6 @@ func queuesOf(cfg ServerConfig) map[string]int {
 		return map[string]int{tasks.QueueDefault: 1}
 	}
 	return cfg.Queues
-}
-
-// Resume lifts a platform's pause and runs its deferred changes now (after
-// a new ticket arrives, say). It reports how many it started.
-func Resume(ctx context.Context, pauses *pause.Store, inspector *asynq.Inspector, appid string) (int, error) {
-	deferred, err := pauses.Lift(ctx, appid)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, d := range deferred {
-		// Tasks that ran meanwhile are no longer in the retry set; skip them.
-		if inspector.RunTask(d.Queue, d.TaskID) == nil {
-			n++
-		}
-	}
-	return n, nil
 }
 
 // NewServer returns the asynq server wired to the handler's retry policy.

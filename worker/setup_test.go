@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -34,7 +35,7 @@ type testBundle struct {
 	sandbox *wechattest.Sandbox
 	client  *tasks.Client
 	store   *tasks.Store
-	tickets *token.Tickets
+	tickets *ticket.Store
 	pauses  *pause.Store
 	log     *zap.Logger
 	logs    *observer.ObservedLogs
@@ -73,7 +74,7 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	log := zaptest.NewLogger(t, zaptest.WrapOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return zapcore.NewTee(c, obs) })))
 	wc, err := wechat.New(srv.URL, &http.Client{Timeout: 5 * time.Second})
 	require.NoError(t, err)
-	tickets := token.NewTickets(rb.Client, rb.Prefix)
+	tickets := ticket.NewStore(rb.Client, rb.Prefix)
 	ctx := context.Background()
 	for _, app := range []string{appA, appB} {
 		require.NoError(t, tickets.Set(ctx, app, "ticket-"+app))

@@ -2,14 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"io"
 	"net/http"
 	"strings"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -165,7 +164,7 @@ type fleet struct {
 	rdb     redis.UniversalClient
 	handler *worker.Handler
 	tokens  *token.Source
-	tickets *token.Tickets
+	tickets *ticket.Store
 	pauses  *pause.Store
 	limiter *limit.Limiter
 	log     *zap.Logger
@@ -180,9 +179,12 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 		p, ok := platforms.Get(appid)
 		return p.Secret.Reveal(), ok && p.Secret != ""
 	}
-	tickets := token.NewTickets(rdb, cfg.KeyPrefix)
+	tickets := ticket.NewStore(rdb, cfg.KeyPrefix)
 	tokens := token.NewSource(rdb, wc, tickets, token.SourceConfig{
 		Prefix: cfg.KeyPrefix, Margin: cfg.TokenMargin, Secret: secret,
+		// The lock outlives the slowest fetch, so no second process fetches
+		// while the first is still waiting for WeChat.
+		Lease: 2*cfg.HTTPTimeout + 5*time.Second,
 	}, log.Named("token"))
 	pauses := pause.NewStore(rdb, cfg.KeyPrefix)
 	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL)
@@ -285,42 +287,34 @@ func (a *app) workerCommand() *cobra.Command {
 func (a *app) ticketCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "ticket", Short: "Manage platforms' component_verify_tickets"}
 	cmd.AddCommand(&cobra.Command{
-		Use:   "set APPID TICKET",
-		Short: "Store a platform's component_verify_ticket (normally pushed by WeChat every 10 minutes)",
+		Use:   "set APPID TICKET|-",
+		Short: "Store a platform's component_verify_ticket (- reads it from standard input, out of sight of ps and shell history)",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, err := a.config()
-			if err != nil {
-				return err
-			}
-			appid, ticket := args[0], strings.TrimSpace(args[1])
-			if cfg.PlatformsFile != "" {
-				platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+			appid, value := args[0], args[1]
+			if value == "-" {
+				b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 4096))
 				if err != nil {
-					return err
+					return fmt.Errorf("read the ticket from standard input: %w", err)
 				}
-				if !platforms.Has(appid) {
-					return fmt.Errorf("platform %s is not in %s", appid, cfg.PlatformsFile)
+				value = string(b)
+			}
+			value = strings.TrimSpace(value)
+			p, err := a.producer(cmd.Context(), true, func(r tasks.Rules) error {
+				if !r.KnownPlatform(appid) {
+					return fmt.Errorf("platform %s is not in the platforms file", appid)
 				}
-			}
-			if ticket == "" || len(ticket) > 1024 {
-				return errors.New("TICKET must be 1 to 1024 characters")
-			}
-			rdb, err := openRedis(cmd.Context(), cfg)
+				return nil
+			})
 			if err != nil {
 				return err
 			}
-			defer rdb.Close()
-			if err := token.NewTickets(rdb, cfg.KeyPrefix).Set(cmd.Context(), appid, ticket); err != nil {
+			defer p.Close()
+			n, err := p.client.SetTicket(cmd.Context(), appid, value)
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "stored the component_verify_ticket of %s\n", appid)
-			inspector := asynq.NewInspectorFromRedisClient(rdb)
-			defer inspector.Close()
-			n, err := worker.Resume(cmd.Context(), pause.NewStore(rdb, cfg.KeyPrefix), inspector, appid)
-			if err != nil {
-				return err
-			}
 			if n > 0 {
 				fmt.Fprintf(a.stdout, "lifted the platform's pause; %d waiting changes run now\n", n)
 			}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,7 +43,7 @@ func TestMain(m *testing.M) {
 const (
 	appID     = "wx1234567890abcdef"
 	appSecret = "SECRET-0f3c9a-never-log-me"
-	ticket    = "TICKET-77aa-never-log-me"
+	theTicket = "TICKET-77aa-never-log-me"
 )
 
 // cli runs the binary as a person would, with a fixed environment.
@@ -154,9 +155,9 @@ func TestNewUser(t *testing.T) {
 	m := waitFor(t, fake, regexp.MustCompile(`listening on (http://127\.0\.0\.1:\d+)`))
 	c.env = append(c.env, "WXDOMAIN_WECHAT_BASE_URL="+m[1])
 
-	out, _, err := c.run("ticket", "set", appID, ticket)
+	out, _, err := c.run("ticket", "set", appID, theTicket)
 	require.NoError(t, err)
-	assert.NotContains(t, out, ticket)
+	assert.NotContains(t, out, theTicket)
 
 	w := c.start("worker", "--concurrency", "4")
 	waitFor(t, w, regexp.MustCompile(`worker started`))
@@ -199,21 +200,47 @@ func TestNewUser(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, errOut, "already finished")
 
-	// Secrets, tickets and tokens appear in no log line and no record.
-	tok, err := rb.Client.HGet(context.Background(), rb.Prefix+"token:"+appID, "token").Result()
+	// A change WeChat refuses: its error lands in the record and in asynq.
+	req, err := http.NewRequest(http.MethodPut, m[1]+"/sandbox/platforms/"+appID+"/faults", strings.NewReader(`{"script":[48001]}`))
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	out, errOut, err = c.run("enqueue", "--platform", appID, "--action", "add", "--domains", "refused.example.com", "--wait")
+	require.NoError(t, err, errOut)
+	assert.Equal(t, tasks.StatusFailed, decodeRecord(t, out).Status)
+
+	// Secrets, tickets and tokens appear in no log line, no record and
+	// nothing asynq keeps (task messages, stored errors).
+	ctx := context.Background()
+	tok, err := rb.Client.HGet(ctx, rb.Prefix+"token:"+appID, "token").Result()
 	require.NoError(t, err)
 	require.NotEmpty(t, tok)
 	w.stop(t)
 	fake.stop(t)
-	keys, err := rb.Client.Keys(context.Background(), rb.Prefix+"record:*").Result()
-	require.NoError(t, err)
-	require.NotEmpty(t, keys)
-	var records strings.Builder
-	for _, k := range keys {
-		records.WriteString(rb.Client.Get(context.Background(), k).Val())
+	var records, queue strings.Builder
+	for pattern, sink := range map[string]*strings.Builder{rb.Prefix + "record:*": &records, "asynq:{" + rb.Queue + "}*": &queue} {
+		keys, err := rb.Client.Keys(ctx, pattern).Result()
+		require.NoError(t, err)
+		require.NotEmpty(t, keys, pattern)
+		for _, k := range keys {
+			switch rb.Client.Type(ctx, k).Val() {
+			case "string":
+				sink.WriteString(rb.Client.Get(ctx, k).Val())
+			case "hash":
+				for f, v := range rb.Client.HGetAll(ctx, k).Val() {
+					sink.WriteString(f + "=" + v + "\n")
+				}
+			case "list":
+				sink.WriteString(strings.Join(rb.Client.LRange(ctx, k, 0, -1).Val(), "\n"))
+			case "zset":
+				sink.WriteString(strings.Join(rb.Client.ZRange(ctx, k, 0, -1).Val(), "\n"))
+			}
+		}
 	}
-	for name, text := range map[string]string{"worker log": w.output(), "sandbox log": fake.output(), "records": records.String()} {
-		for _, secret := range []string{appSecret, ticket, tok} {
+	require.Contains(t, queue.String(), "48001", "asynq kept the failed task's error, so the check below covers it")
+	for name, text := range map[string]string{"worker log": w.output(), "sandbox log": fake.output(), "records": records.String(), "asynq data": queue.String()} {
+		for _, secret := range []string{appSecret, theTicket, tok} {
 			assert.NotContains(t, text, secret, "%s leaks a secret", name)
 		}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"io"
 	"strings"
 	"text/tabwriter"
@@ -38,7 +39,7 @@ func (a *app) platformsCommand() *cobra.Command {
 				return err
 			}
 			defer rdb.Close()
-			tickets := token.NewTickets(rdb, cfg.KeyPrefix)
+			tickets := ticket.NewStore(rdb, cfg.KeyPrefix)
 			src := platform.Sources{
 				Tokens:  token.NewSource(rdb, nil, tickets, token.SourceConfig{Prefix: cfg.KeyPrefix}, zap.NewNop()),
 				Tickets: tickets,

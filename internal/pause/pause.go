@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -125,4 +126,21 @@ func (s *Store) Lift(ctx context.Context, appid string) ([]Deferred, error) {
 		out = append(out, Deferred{TaskID: id, Queue: q})
 	}
 	return out, nil
+}
+
+// Resume lifts a platform's pause and runs its deferred changes now (after
+// a new ticket arrives, say). It reports how many it started.
+func (s *Store) Resume(ctx context.Context, inspector *asynq.Inspector, appid string) (int, error) {
+	deferred, err := s.Lift(ctx, appid)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, d := range deferred {
+		// Tasks that ran meanwhile are no longer waiting; skip them.
+		if inspector.RunTask(d.Queue, d.TaskID) == nil {
+			n++
+		}
+	}
+	return n, nil
 }

@@ -5,6 +5,7 @@ package platform
 import (
 	"context"
 	"errors"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"time"
 
 	"github.com/wxdomain/wxdomain/internal/pause"
@@ -31,7 +32,7 @@ type TicketStatus struct {
 // Sources are the stores a report reads.
 type Sources struct {
 	Tokens  *token.Source
-	Tickets *token.Tickets
+	Tickets *ticket.Store
 	Pauses  *pause.Store
 }
 
@@ -53,7 +54,7 @@ func Report(ctx context.Context, src Sources, platforms []Configured) ([]Status,
 		}
 		t, err := src.Tickets.Get(ctx, p.AppID)
 		switch {
-		case errors.Is(err, token.ErrNoTicket):
+		case errors.Is(err, ticket.ErrNoTicket):
 		case err != nil:
 			return nil, err
 		default:

@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"hash/fnv"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -65,7 +67,7 @@ type SourceConfig struct {
 type Source struct {
 	rdb     redis.UniversalClient
 	fetcher Fetcher
-	tickets *Tickets
+	tickets *ticket.Store
 	cfg     SourceConfig
 	log     *zap.Logger
 	now     func() time.Time
@@ -73,18 +75,21 @@ type Source struct {
 
 	mu    sync.RWMutex
 	local map[string]entry
-	live  atomic.Bool // the change feed is subscribed: local entries can be trusted
+	// changes counts change notices per platform (key "" for all), so that
+	// an entry read before a notice is not kept after it.
+	changes map[string]uint64
+	live    atomic.Bool // the change feed is subscribed: local entries can be trusted
 }
 
 // NewSource returns a token source.
-func NewSource(rdb redis.UniversalClient, f Fetcher, t *Tickets, cfg SourceConfig, log *zap.Logger) *Source {
+func NewSource(rdb redis.UniversalClient, f Fetcher, t *ticket.Store, cfg SourceConfig, log *zap.Logger) *Source {
 	if cfg.Lease <= 0 {
 		cfg.Lease = 30 * time.Second
 	}
 	if cfg.Observe == nil {
 		cfg.Observe = func(string, error) {}
 	}
-	return &Source{rdb: rdb, fetcher: f, tickets: t, cfg: cfg, log: log, now: time.Now, local: map[string]entry{}}
+	return &Source{rdb: rdb, fetcher: f, tickets: t, cfg: cfg, log: log, now: time.Now, local: map[string]entry{}, changes: map[string]uint64{}}
 }
 
 func (s *Source) key(appid string) string     { return s.cfg.Prefix + "token:" + appid }
@@ -123,11 +128,14 @@ func (s *Source) read(ctx context.Context, appid string) (entry, error) {
 func (s *Source) refreshAt(e entry) time.Time {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(e.token))
+	// A short-lived token (a sandbox's, say) is refreshed at mid-life at
+	// the latest, or it would never count as fresh.
+	margin := min(s.cfg.Margin, e.expires.Sub(e.fetched)/2)
 	jitter := time.Duration(0)
-	if span := int64(s.cfg.Margin / 5); span > 0 {
+	if span := int64(margin / 5); span > 0 {
 		jitter = time.Duration(int64(h.Sum32()) % span)
 	}
-	return e.expires.Add(-s.cfg.Margin - jitter)
+	return e.expires.Add(-margin - jitter)
 }
 
 func (s *Source) fresh(e entry) bool {
@@ -136,20 +144,19 @@ func (s *Source) fresh(e entry) bool {
 
 // Token returns a valid component token for the platform.
 func (s *Source) Token(ctx context.Context, appid string) (string, error) {
-	if s.live.Load() {
-		s.mu.RLock()
-		e, ok := s.local[appid]
-		s.mu.RUnlock()
-		if ok && s.fresh(e) {
-			return e.token, nil
-		}
+	s.mu.RLock()
+	e, ok := s.local[appid]
+	seen := s.changes[appid] + s.changes[""]
+	s.mu.RUnlock()
+	if ok && s.live.Load() && s.fresh(e) {
+		return e.token, nil
 	}
 	e, err := s.read(ctx, appid)
 	if err != nil {
 		return "", err
 	}
 	if s.fresh(e) {
-		s.remember(appid, e)
+		s.remember(appid, e, seen)
 		return e.token, nil
 	}
 	// One refresh per process at a time. The refresh runs under the first
@@ -173,21 +180,26 @@ func (s *Source) Token(ctx context.Context, appid string) (string, error) {
 				return "", r.Err
 			}
 			e := r.Val.(entry)
-			s.remember(appid, e)
+			s.remember(appid, e, seen)
 			return e.token, nil
 		}
 	}
 }
 
-func (s *Source) remember(appid string, e entry) {
+// remember keeps an entry in memory unless the feed is down or a change
+// notice for the platform arrived since it was read (seen).
+func (s *Source) remember(appid string, e entry, seen uint64) {
 	if !s.live.Load() {
 		return
 	}
 	s.mu.Lock()
-	s.local[appid] = e
+	if s.changes[appid]+s.changes[""] == seen {
+		s.local[appid] = e
+	}
 	s.mu.Unlock()
 }
 
+// forget drops a platform's entry (all of them for "").
 func (s *Source) forget(appid string) {
 	s.mu.Lock()
 	if appid == "" {
@@ -195,42 +207,57 @@ func (s *Source) forget(appid string) {
 	} else {
 		delete(s.local, appid)
 	}
+	s.changes[appid]++
 	s.mu.Unlock()
 }
+
+// watchPing is how long the change feed may stay silent before it is pinged.
+const watchPing = 30 * time.Second
 
 // Watch follows the fleet's token changes so that tokens can be kept in
 // memory; it runs until ctx ends. Without it every Token call reads Redis.
 func (s *Source) Watch(ctx context.Context) {
-	ps := s.rdb.Subscribe(ctx, s.channel())
 	defer s.live.Store(false)
+	for ctx.Err() == nil {
+		s.follow(ctx)
+		// Changes may have been missed: trust nothing kept so far.
+		s.live.Store(false)
+		s.forget("")
+		t := time.NewTimer(500 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// follow reads one subscription until it fails or ctx ends.
+func (s *Source) follow(ctx context.Context) {
+	ps := s.rdb.Subscribe(ctx, s.channel())
+	defer ps.Close()
 	// Receive does not return on ctx's end by itself; closing the
 	// subscription makes it.
 	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
-	defer func() {
-		if stop() {
-			_ = ps.Close()
-		}
-	}()
+	defer stop()
+	pinged := false
 	for {
-		msg, err := ps.Receive(ctx)
-		if err != nil {
-			// Changes may have been missed: trust nothing kept so far.
-			s.live.Store(false)
-			s.forget("")
-			if ctx.Err() != nil {
+		msg, err := ps.ReceiveTimeout(ctx, watchPing)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && !pinged {
+			// Silent for a while: make sure the connection is alive.
+			if ps.Ping(ctx) != nil {
 				return
 			}
-			t := time.NewTimer(500 * time.Millisecond)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
+			pinged = true
 			continue
 		}
+		if err != nil {
+			return // including a ping left unanswered: the connection is dead
+		}
+		pinged = false
 		switch m := msg.(type) {
-		case *redis.Subscription: // (re)subscribed
+		case *redis.Subscription:
 			s.forget("")
 			s.live.Store(m.Kind == "subscribe")
 		case *redis.Message:
@@ -313,6 +340,10 @@ func (s *Source) fetch(ctx context.Context, appid string) (entry, error) {
 		s.log.Warn("could not count a token fetch", zap.String("platform", appid), zap.Error(cerr))
 	}
 	e := entry{token: ct.Token, expires: started.Add(ct.ExpiresIn), fetched: started}
+	// WeChat issued it: store it even if our caller gives up now, or the
+	// next caller fetches another and this one is wasted.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
 	key := s.key(appid)
 	var gen *redis.IntCmd
 	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {

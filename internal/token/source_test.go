@@ -2,6 +2,7 @@ package token_test
 
 import (
 	"context"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"net/http/httptest"
 	"sync"
 	"sync/atomic"
@@ -26,7 +27,7 @@ type tokenBundle struct {
 	redis   redistest.Bundle
 	sandbox *wechattest.Sandbox
 	wc      *wechat.Client
-	tickets *token.Tickets
+	tickets *ticket.Store
 }
 
 func setup(t testing.TB, open func(testing.TB) redistest.Bundle) *tokenBundle {
@@ -39,7 +40,7 @@ func setup(t testing.TB, open func(testing.TB) redistest.Bundle) *tokenBundle {
 	t.Cleanup(srv.Close)
 	wc, err := wechat.New(srv.URL, nil)
 	require.NoError(t, err)
-	tickets := token.NewTickets(rb.Client, rb.Prefix)
+	tickets := ticket.NewStore(rb.Client, rb.Prefix)
 	require.NoError(t, tickets.Set(context.Background(), app, "ticket"))
 	return &tokenBundle{redis: rb, sandbox: sb, wc: wc, tickets: tickets}
 }
@@ -170,7 +171,7 @@ func TestFetchErrors(t *testing.T) {
 
 	require.NoError(t, b.redis.Client.Del(ctx, b.redis.Prefix+"ticket:"+app).Err())
 	_, err = src.Token(ctx, app)
-	require.ErrorIs(t, err, token.ErrNoTicket)
+	require.ErrorIs(t, err, ticket.ErrNoTicket)
 	var fe *token.FetchError
 	require.ErrorAs(t, err, &fe)
 
@@ -257,6 +258,29 @@ func (h *countingHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis
 		h.n.Add(int64(len(cmds)))
 		return next(ctx, cmds)
 	}
+}
+
+func TestHotPathSkipsRedis(t *testing.T) {
+	t.Parallel()
+	b := setup(t, redistest.Mini)
+	hook := &countingHook{}
+	b.redis.Client.AddHook(hook)
+	src := b.source(t, nil)
+	watching(t, b, src)
+	ctx := context.Background()
+	first, err := src.Token(ctx, app)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		before := hook.n.Load()
+		tok, err := src.Token(ctx, app)
+		return err == nil && tok == first && hook.n.Load() == before
+	}, 5*time.Second, 10*time.Millisecond, "once kept in memory, a lookup sends no command")
+	before := hook.n.Load()
+	for i := 0; i < 100; i++ {
+		_, err := src.Token(ctx, app)
+		require.NoError(t, err)
+	}
+	assert.Equal(t, before, hook.n.Load())
 }
 
 // BenchmarkTokenHotPath measures Token when nothing changed: with the

@@ -113,7 +113,7 @@ func (c *Client) ModifyJumpDomain(ctx context.Context, token string, ch JumpDoma
 		Testing   *string `json:"testing_wxa_jump_h5_domain"`
 		Invalid   *string `json:"invalid_wxa_jump_h5_domain"`
 	}
-	if err := c.post(ctx, "/cgi-bin/component/modify_wxa_jump_domain", token, body, &resp); err != nil {
+	if err := c.post(ctx, "/cgi-bin/component/modify_wxa_jump_domain", token, body, &resp, snippet); err != nil {
 		return JumpDomains{}, err
 	}
 	if err := resp.err(); err != nil {
@@ -151,7 +151,8 @@ func (c *Client) FetchComponentToken(ctx context.Context, appid, secret, ticket 
 		Token     string `json:"component_access_token"`
 		ExpiresIn int    `json:"expires_in"`
 	}
-	if err := c.post(ctx, "/cgi-bin/component/api_component_token", "", body, &resp); err != nil {
+	// The answer holds the token: never quote it in an error.
+	if err := c.post(ctx, "/cgi-bin/component/api_component_token", "", body, &resp, quoteNothing); err != nil {
 		return ComponentToken{}, err
 	}
 	if err := resp.err(); err != nil {
@@ -180,7 +181,7 @@ func (c *Client) DomainConfirmFile(ctx context.Context, token string) (ConfirmFi
 		Name    string `json:"file_name"`
 		Content string `json:"file_content"`
 	}
-	if err := c.post(ctx, "/cgi-bin/component/get_domain_confirmfile", token, struct{}{}, &resp); err != nil {
+	if err := c.post(ctx, "/cgi-bin/component/get_domain_confirmfile", token, struct{}{}, &resp, snippet); err != nil {
 		return ConfirmFile{}, err
 	}
 	if err := resp.err(); err != nil {
@@ -203,7 +204,9 @@ func (s apiStatus) err() error {
 	return nil
 }
 
-func (c *Client) post(ctx context.Context, path, token string, body, out any) error {
+// post sends a JSON request and decodes the answer; quote decides how much
+// of an unusable answer an error may show.
+func (c *Client) post(ctx context.Context, path, token string, body, out any, quote func([]byte) string) error {
 	op := path[strings.LastIndex(path, "/")+1:]
 	b, err := json.Marshal(body)
 	if err != nil {
@@ -229,13 +232,13 @@ func (c *Client) post(ctx context.Context, path, token string, body, out any) er
 		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: stripURL(err)}
 	}
 	if resp.StatusCode != http.StatusOK {
-		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: fmt.Errorf("unexpected status; body starts %q", snippet(data))}
+		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: fmt.Errorf("unexpected status; body starts %q", quote(data))}
 	}
 	if len(data) > maxResponseBytes {
 		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: errors.New("answer larger than 1 MiB")}
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: fmt.Errorf("answer is not the expected JSON (%v); body starts %q", err, snippet(data))}
+		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: fmt.Errorf("answer is not the expected JSON (%v); body starts %q", err, quote(data))}
 	}
 	return nil
 }
@@ -257,6 +260,8 @@ type cause struct {
 
 func (c *cause) Error() string { return c.op + ": " + c.err.Error() }
 func (c *cause) Unwrap() error { return c.err }
+
+func quoteNothing([]byte) string { return "(not shown: it may hold a token)" }
 
 func snippet(b []byte) string {
 	const n = 64

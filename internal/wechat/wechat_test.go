@@ -216,6 +216,16 @@ func TestComponentTokenAndConfirmFile(t *testing.T) {
 	assert.Equal(t, secretToken, f.got.URL.Query().Get("access_token"))
 }
 
+func TestTokenAnswerIsNeverQuoted(t *testing.T) {
+	t.Parallel()
+	// A 200 answer that does not decode still holds the token.
+	c := (&fake{body: `{"component_access_token":"` + secretToken + `","expires_in":"7200"}`}).start(t)
+	_, err := c.FetchComponentToken(context.Background(), "wxapp", "s", "t")
+	var te *wechat.TransportError
+	require.ErrorAs(t, err, &te)
+	assert.NotContains(t, err.Error(), secretToken[:8])
+}
+
 func TestNewRefusesBadBaseURL(t *testing.T) {
 	t.Parallel()
 	for _, u := range []string{"", "api.weixin.qq.com", "ftp://x", "http://"} {

@@ -1,6 +1,6 @@
-// Package token keeps each platform's component_verify_ticket and its
-// component access token in Redis, shared by every wxdomain process.
-package token
+// Package ticket keeps each platform's component_verify_ticket in Redis,
+// shared by every wxdomain process.
+package ticket
 
 import (
 	"context"
@@ -21,24 +21,24 @@ type Ticket struct {
 	ReceivedAt time.Time
 }
 
-// Tickets stores one ticket per platform (never one key for all), with the
+// Store keeps one ticket per platform (never one key for all), with the
 // time it was received. WeChat pushes a new one every 10 minutes; each stays
 // valid for 12 hours, so the last one is kept until WeChat rejects it.
-type Tickets struct {
+type Store struct {
 	rdb    redis.UniversalClient
 	prefix string
 	now    func() time.Time
 }
 
-// NewTickets returns the ticket store under a key prefix.
-func NewTickets(rdb redis.UniversalClient, prefix string) *Tickets {
-	return &Tickets{rdb: rdb, prefix: prefix, now: time.Now}
+// NewStore returns the ticket store under a key prefix.
+func NewStore(rdb redis.UniversalClient, prefix string) *Store {
+	return &Store{rdb: rdb, prefix: prefix, now: time.Now}
 }
 
-func (t *Tickets) key(appid string) string { return t.prefix + "ticket:" + appid }
+func (t *Store) key(appid string) string { return t.prefix + "ticket:" + appid }
 
 // Set stores a platform's ticket.
-func (t *Tickets) Set(ctx context.Context, appid, ticket string) error {
+func (t *Store) Set(ctx context.Context, appid, ticket string) error {
 	if ticket == "" {
 		return errors.New("ticket is empty")
 	}
@@ -50,7 +50,7 @@ func (t *Tickets) Set(ctx context.Context, appid, ticket string) error {
 }
 
 // Get returns a platform's ticket, or ErrNoTicket.
-func (t *Tickets) Get(ctx context.Context, appid string) (Ticket, error) {
+func (t *Store) Get(ctx context.Context, appid string) (Ticket, error) {
 	v, err := t.rdb.HMGet(ctx, t.key(appid), "ticket", "received_at").Result()
 	if err != nil {
 		return Ticket{}, fmt.Errorf("read ticket of %s: %w", appid, err)

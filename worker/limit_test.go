@@ -41,7 +41,7 @@ func maxInWindow(times []time.Time, w time.Duration) int {
 }
 
 // submitAll enqueues n changes of appid and waits for all to finish.
-func submitAll(t *testing.T, b *testBundle, appid string, n int, opts tasks.EnqueueOptions) []*tasks.Record {
+func submitAll(t testing.TB, b *testBundle, appid string, n int, opts tasks.EnqueueOptions) []*tasks.Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -60,7 +60,7 @@ type setupOpts struct {
 
 // setup runs a real asynq worker against the sandbox upstream over the
 // given Redis, with two released platforms that have tickets.
-func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *testBundle {
+func setup(t testing.TB, open func(testing.TB) redistest.Bundle, o setupOpts) *testBundle {
 	t.Helper()
 	rb := open(t)
 	sb := wechattest.New(wechattest.Config{Strict: true})
@@ -117,7 +117,7 @@ func setup(t *testing.T, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 
 // startWorker runs an asynq worker until the test ends; the returned
 // function stops it gracefully earlier and waits for it.
-func (b *testBundle) startWorker(t *testing.T) (stop func()) {
+func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	t.Helper()
 	o := b.opts
 	tokens := token.NewSource(b.redis.Client, b.wc, b.tickets, token.SourceConfig{Prefix: b.redis.Prefix, Margin: time.Minute, Secret: b.secrets}, b.log)

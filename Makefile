@@ -17,8 +17,11 @@ vet:
 build:
 	$(GO) build -o bin/wxdomain ./cmd/wxdomain
 
+# Micro-benchmarks run as usual; the worker's scenario benchmarks run once
+# each (every iteration is a whole scenario on the real Redis).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/... ./tasks/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./worker/
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -68,6 +68,9 @@ type Record struct {
 	// CancelRequested is set when a cancel reached a running task; the
 	// worker finishes the record as canceled when it notices.
 	CancelRequested bool `json:"cancel_requested,omitempty"`
+	// ReservedSlot is the moment the rate limiter reserved for the change's
+	// call while it waits outside the workers.
+	ReservedSlot *time.Time `json:"reserved_slot,omitempty"`
 
 	// Replayed is true when Enqueue found an earlier submission with the
 	// same idempotency key and returned its record.

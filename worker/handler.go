@@ -46,6 +46,9 @@ type Config struct {
 	// MaxDefer bounds how long a change may be deferred in all (rate
 	// limits and pauses use no attempts); default 48h.
 	MaxDefer time.Duration
+	// Lead: a task deferred to its reserved call slot comes back this long
+	// before it, to absorb the queue's polling; default 300ms.
+	Lead time.Duration
 }
 
 // RetryError asks asynq to run the task again after Delay (read by
@@ -114,6 +117,9 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pa
 	if cfg.MaxDefer <= 0 {
 		cfg.MaxDefer = 48 * time.Hour
 	}
+	if cfg.Lead <= 0 {
+		cfg.Lead = 300 * time.Millisecond
+	}
 	if cfg.Rate == nil {
 		cfg.Rate = func(string) limit.Rate { return limit.Rate{} }
 	}
@@ -169,38 +175,63 @@ func (h *Handler) checkPause(ctx context.Context, id, queue string, change tasks
 	return true, h.deferTask(ctx, id, queue, change, deferral{until: p.Until, reason: "platform paused: " + p.Reason, resumable: true})
 }
 
-// awaitSlot takes the change's call slot from the fleet-wide limiter,
-// sleeping if it comes within MaxWait, and returns how long it slept.
-// Otherwise (a negative duration) the task went back to asynq, without
-// using an attempt, until capacity frees up, so that it holds no worker
-// slot meanwhile.
+// slotTolerance is how late a task may use its reserved slot; a task that
+// comes back later (workers busy) reserves a new one, or it would bunch
+// with the calls of the slots after it.
+const slotTolerance = 50 * time.Millisecond
+
+// awaitSlot takes the change's call slot from the fleet-wide limiter and
+// returns how long it slept for it. A slot within MaxWait (and Lead) is
+// slept for; a later one stays reserved while the task goes back to asynq until just
+// before it (a negative duration), holding no worker slot and using no
+// attempt. A task keeps its reservation across that deferral, so a long
+// backlog is deferred once per task, not polled.
 func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (time.Duration, error) {
 	if h.limiter == nil {
 		return 0, nil
 	}
 	rate := h.cfg.Rate(change.Platform)
-	res, err := h.limiter.Reserve(ctx, change.Platform, rate, h.cfg.MaxWait)
-	if err != nil {
+	var slot time.Time
+	rec, err := h.store.Get(ctx, id)
+	switch {
+	case err == nil && rec.ReservedSlot != nil && time.Since(*rec.ReservedSlot) <= slotTolerance:
+		slot = *rec.ReservedSlot
+	case err != nil && !errors.Is(err, tasks.ErrTaskNotFound):
 		return -1, err
+	default:
+		res, err := h.limiter.Reserve(ctx, change.Platform, rate, h.cfg.MaxDefer)
+		if err != nil {
+			return -1, err
+		}
+		if !res.OK { // the backlog is longer than a change may wait in all
+			return -1, h.deferTask(ctx, id, queue, change, deferral{
+				until:  time.Now().Add(res.Wait / 2),
+				reason: fmt.Sprintf("rate limit: platform %s has a backlog of %s at %g calls/s", change.Platform, res.Wait.Round(time.Second), rate.PerSecond),
+			})
+		}
+		slot = time.Now().Add(res.Wait)
 	}
-	if !res.OK {
-		// Spread the returns so that deferred tasks don't all come back at once.
-		back := res.Wait + time.Duration(rand.Int64N(int64(res.Wait/2)+1))
+	// Sleeping holds a worker slot, and a deferral to a reserved slot costs
+	// one round trip, so only a slot nearer than the deferral's own lead
+	// time is slept for.
+	wait := time.Until(slot)
+	if wait > min(h.cfg.MaxWait, h.cfg.Lead) {
 		return -1, h.deferTask(ctx, id, queue, change, deferral{
-			until:  time.Now().Add(back),
-			reason: fmt.Sprintf("rate limit: waiting for a call slot of platform %s (%g calls/s)", change.Platform, rate.PerSecond),
+			until:  slot.Add(-h.cfg.Lead),
+			slot:   &slot,
+			reason: fmt.Sprintf("rate limit: call slot of platform %s (%g calls/s) reserved for %s", change.Platform, rate.PerSecond, slot.UTC().Format(time.RFC3339Nano)),
 		})
 	}
-	if res.Wait <= 0 {
+	if wait <= 0 {
 		return 0, nil
 	}
-	t := time.NewTimer(res.Wait)
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
 		return -1, ctx.Err()
 	case <-t.C:
-		return res.Wait, nil
+		return wait, nil
 	}
 }
 
@@ -217,6 +248,7 @@ func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.Jump
 			r.Error = fmt.Sprintf("gave up after %d attempts; the last did not finish (worker stopped or attempt timed out)", r.Attempts)
 		default:
 			r.Status = tasks.StatusRunning
+			r.ReservedSlot = nil
 			r.Attempts++
 		}
 		return nil
@@ -390,6 +422,8 @@ type deferral struct {
 	undoAttempt bool
 	// resumable: the change waits for a pause that Resume can lift early.
 	resumable bool
+	// slot is the call slot reserved for the change, kept across the deferral.
+	slot *time.Time
 }
 
 // recordWriteTimeout bounds record writes that must happen even though the
@@ -418,6 +452,7 @@ func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.
 		r.Status = tasks.StatusRetrying
 		r.Error = "waiting, " + d.reason
 		r.NextAttemptAt = &until
+		r.ReservedSlot = d.slot
 		return nil
 	})
 	switch {
@@ -505,7 +540,7 @@ func (h *Handler) RetryDelay(n int, err error, _ *asynq.Task) time.Duration {
 	case errors.As(err, &re):
 		return re.Delay
 	case errors.As(err, &de):
-		return max(time.Until(de.Until), time.Second)
+		return max(time.Until(de.Until), time.Millisecond)
 	}
 	return h.backoff(n + 1)
 }

@@ -125,6 +125,7 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	h := worker.NewHandler(b.store, tokens, b.wc, b.pauses, limiter, worker.Config{
 		RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute,
 		Rate: func(appid string) limit.Rate { return o.rates[appid] },
+		Lead: 100 * time.Millisecond, // the queue is polled every 50ms here
 	}, b.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

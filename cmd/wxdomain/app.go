@@ -192,6 +192,8 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 	h := worker.NewHandler(store, tokens, wc, pauses, limiter, worker.Config{
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts, OperatorPause: cfg.OperatorPause,
 		Rate: platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,
+		// Deferred tasks come back once the queue's poller sees them due.
+		Lead: cfg.PollInterval + 100*time.Millisecond,
 	}, log)
 	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, log: log}, nil
 }

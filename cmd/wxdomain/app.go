@@ -188,7 +188,9 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 	}, log.Named("token"))
 	pauses := pause.NewStore(rdb, cfg.KeyPrefix)
 	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL)
-	limiter := limit.New(rdb, cfg.KeyPrefix, limit.Rate{PerSecond: cfg.GlobalRate, Burst: cfg.GlobalBurst}, limit.Pacing{})
+	limiter := limit.New(rdb, cfg.KeyPrefix, limit.Rate{PerSecond: cfg.GlobalRate, Burst: cfg.GlobalBurst}, limit.Pacing{
+		Decrease: cfg.BusyDecrease, Increase: cfg.BusyIncrease, MinFactor: cfg.BusyMinFactor,
+	})
 	h := worker.NewHandler(store, tokens, wc, pauses, limiter, worker.Config{
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts, OperatorPause: cfg.OperatorPause,
 		Rate: platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,

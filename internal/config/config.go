@@ -38,6 +38,9 @@ type Config struct {
 	LimitMaxWait    time.Duration
 	MaxDefer        time.Duration
 	PollInterval    time.Duration
+	BusyDecrease    float64
+	BusyIncrease    float64
+	BusyMinFactor   float64
 	BulkQueue       string
 	Queue           string
 	KeyPrefix       string
@@ -66,6 +69,9 @@ func Default() Config {
 		LimitMaxWait:    time.Second,
 		MaxDefer:        48 * time.Hour,
 		PollInterval:    200 * time.Millisecond,
+		BusyDecrease:    0.7,
+		BusyIncrease:    0.05,
+		BusyMinFactor:   0.1,
 		BulkQueue:       tasks.QueueBulk,
 		Queue:           tasks.QueueDefault,
 		KeyPrefix:       tasks.DefaultPrefix,
@@ -102,6 +108,9 @@ var Settings = []Setting{
 	{"WXDOMAIN_LIMIT_MAX_WAIT", durationSetting(func(c *Config) *time.Duration { return &c.LimitMaxWait }, 0)},
 	{"WXDOMAIN_MAX_DEFER", durationSetting(func(c *Config) *time.Duration { return &c.MaxDefer }, time.Minute)},
 	{"WXDOMAIN_POLL_INTERVAL", durationSetting(func(c *Config) *time.Duration { return &c.PollInterval }, 10*time.Millisecond)},
+	{"WXDOMAIN_BUSY_DECREASE", fractionSetting(func(c *Config) *float64 { return &c.BusyDecrease })},
+	{"WXDOMAIN_BUSY_INCREASE", fractionSetting(func(c *Config) *float64 { return &c.BusyIncrease })},
+	{"WXDOMAIN_BUSY_MIN_FACTOR", fractionSetting(func(c *Config) *float64 { return &c.BusyMinFactor })},
 	{"WXDOMAIN_BULK_QUEUE", func(c *Config, v string) error { c.BulkQueue = v; return checkName(v) }},
 	{"WXDOMAIN_QUEUE", func(c *Config, v string) error { c.Queue = v; return checkName(v) }},
 	{"WXDOMAIN_KEY_PREFIX", func(c *Config, v string) error { c.KeyPrefix = v; return checkName(v) }},
@@ -169,6 +178,17 @@ func floatSetting(field func(*Config) *float64) func(*Config, string) error {
 		f, err := strconv.ParseFloat(v, 64)
 		if err != nil || f < 0 || f > 1e6 || f != f {
 			return fmt.Errorf("%q: want calls per second, 0 or more (fractions allowed; 0 means no limit)", v)
+		}
+		*field(c) = f
+		return nil
+	}
+}
+
+func fractionSetting(field func(*Config) *float64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(f > 0 && f <= 1) {
+			return fmt.Errorf("%q: want a fraction above 0 and at most 1", v)
 		}
 		*field(c) = f
 		return nil

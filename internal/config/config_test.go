@@ -52,6 +52,9 @@ func TestBadSettingsAreNamed(t *testing.T) {
 		{"WXDOMAIN_RESULT_TTL", "1s", "WXDOMAIN_RESULT_TTL"},
 		{"WXDOMAIN_LOG_LEVEL", "loud", "WXDOMAIN_LOG_LEVEL"},
 		{"WXDOMAIN_LOG_FORMAT", "xml", "WXDOMAIN_LOG_FORMAT"},
+		{"WXDOMAIN_BUSY_DECREASE", "1.5", "WXDOMAIN_BUSY_DECREASE: \"1.5\": want a fraction"},
+		{"WXDOMAIN_GLOBAL_RATE", "-2", "WXDOMAIN_GLOBAL_RATE"},
+		{"WXDOMAIN_BULK_QUEUE", "wxdomain", "must differ from WXDOMAIN_QUEUE"},
 		{"WXDOMAIN_RETRY_MAX", "1s", "WXDOMAIN_RETRY_MAX (1s) is shorter than WXDOMAIN_RETRY_BASE"},
 	}
 	for _, tt := range tests {

@@ -42,10 +42,15 @@ type Config struct {
 	BusyIncrease    float64
 	BusyMinFactor   float64
 	BulkQueue       string
-	Queue           string
-	KeyPrefix       string
-	LogLevel        zapcore.Level
-	LogFormat       string
+	// Errcode classification of modify_wxa_jump_domain (see worker.Policy).
+	RetryCodes  []int
+	TokenCodes  []int
+	MinuteCodes []int
+	DayCodes    []int
+	Queue       string
+	KeyPrefix   string
+	LogLevel    zapcore.Level
+	LogFormat   string
 }
 
 // Default returns the settings used when nothing is set.
@@ -72,6 +77,10 @@ func Default() Config {
 		BusyDecrease:    0.7,
 		BusyIncrease:    0.05,
 		BusyMinFactor:   0.1,
+		RetryCodes:      []int{-1},
+		TokenCodes:      []int{40001, 40014, 42001},
+		MinuteCodes:     []int{45011},
+		DayCodes:        []int{45009},
 		BulkQueue:       tasks.QueueBulk,
 		Queue:           tasks.QueueDefault,
 		KeyPrefix:       tasks.DefaultPrefix,
@@ -111,6 +120,10 @@ var Settings = []Setting{
 	{"WXDOMAIN_BUSY_DECREASE", fractionSetting(func(c *Config) *float64 { return &c.BusyDecrease })},
 	{"WXDOMAIN_BUSY_INCREASE", fractionSetting(func(c *Config) *float64 { return &c.BusyIncrease })},
 	{"WXDOMAIN_BUSY_MIN_FACTOR", fractionSetting(func(c *Config) *float64 { return &c.BusyMinFactor })},
+	{"WXDOMAIN_ERRCODES_RETRY", codesSetting(func(c *Config) *[]int { return &c.RetryCodes })},
+	{"WXDOMAIN_ERRCODES_TOKEN", codesSetting(func(c *Config) *[]int { return &c.TokenCodes })},
+	{"WXDOMAIN_ERRCODES_NEXT_MINUTE", codesSetting(func(c *Config) *[]int { return &c.MinuteCodes })},
+	{"WXDOMAIN_ERRCODES_NEXT_DAY", codesSetting(func(c *Config) *[]int { return &c.DayCodes })},
 	{"WXDOMAIN_BULK_QUEUE", func(c *Config, v string) error { c.BulkQueue = v; return checkName(v) }},
 	{"WXDOMAIN_QUEUE", func(c *Config, v string) error { c.Queue = v; return checkName(v) }},
 	{"WXDOMAIN_KEY_PREFIX", func(c *Config, v string) error { c.KeyPrefix = v; return checkName(v) }},
@@ -191,6 +204,24 @@ func fractionSetting(field func(*Config) *float64) func(*Config, string) error {
 			return fmt.Errorf("%q: want a fraction above 0 and at most 1", v)
 		}
 		*field(c) = f
+		return nil
+	}
+}
+
+// codesSetting reads a comma-separated errcode list; "none" empties it.
+func codesSetting(field func(*Config) *[]int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		codes := []int{}
+		if v != "none" {
+			for _, part := range strings.Split(v, ",") {
+				n, err := strconv.Atoi(strings.TrimSpace(part))
+				if err != nil {
+					return fmt.Errorf("%q: want comma-separated errcodes such as -1,45011, or none", v)
+				}
+				codes = append(codes, n)
+			}
+		}
+		*field(c) = codes
 		return nil
 	}
 }

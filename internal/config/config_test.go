@@ -33,6 +33,13 @@ func TestDefaults(t *testing.T) {
 	assert.Equal(t, 12, c.MaxAttempts)
 	assert.Equal(t, 168*time.Hour, c.ResultTTL)
 	assert.Equal(t, 200, c.MaxDomains)
+	assert.Equal(t, []int{-1}, c.RetryCodes)
+	assert.Equal(t, []int{40001, 40014, 42001}, c.TokenCodes)
+
+	c, err = config.FromEnv(env(map[string]string{"WXDOMAIN_ERRCODES_RETRY": "-1, 45011", "WXDOMAIN_ERRCODES_NEXT_MINUTE": "none"}))
+	require.NoError(t, err)
+	assert.Equal(t, []int{-1, 45011}, c.RetryCodes)
+	assert.Empty(t, c.MinuteCodes)
 }
 
 func TestBadSettingsAreNamed(t *testing.T) {
@@ -52,6 +59,7 @@ func TestBadSettingsAreNamed(t *testing.T) {
 		{"WXDOMAIN_RESULT_TTL", "1s", "WXDOMAIN_RESULT_TTL"},
 		{"WXDOMAIN_LOG_LEVEL", "loud", "WXDOMAIN_LOG_LEVEL"},
 		{"WXDOMAIN_LOG_FORMAT", "xml", "WXDOMAIN_LOG_FORMAT"},
+		{"WXDOMAIN_ERRCODES_RETRY", "-1,busy", "WXDOMAIN_ERRCODES_RETRY"},
 		{"WXDOMAIN_BUSY_DECREASE", "1.5", "WXDOMAIN_BUSY_DECREASE: \"1.5\": want a fraction"},
 		{"WXDOMAIN_GLOBAL_RATE", "-2", "WXDOMAIN_GLOBAL_RATE"},
 		{"WXDOMAIN_BULK_QUEUE", "wxdomain", "must differ from WXDOMAIN_QUEUE"},

@@ -80,6 +80,16 @@ func (a *app) config() (config.Config, error) {
 	})
 }
 
+// configAndPlatforms reads the settings and the platforms file.
+func (a *app) configAndPlatforms() (config.Config, *config.Platforms, error) {
+	cfg, err := a.config()
+	if err != nil {
+		return cfg, nil, err
+	}
+	platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+	return cfg, platforms, err
+}
+
 func (a *app) logger(cfg config.Config) (*zap.Logger, error) {
 	enc := zap.NewProductionEncoderConfig()
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
@@ -252,16 +262,12 @@ func (a *app) workerCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg, err := a.config()
+			cfg, platforms, err := a.configAndPlatforms()
 			if err != nil {
 				return err
 			}
 			if concurrency > 0 {
 				cfg.Concurrency = concurrency
-			}
-			platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
-			if err != nil {
-				return err
 			}
 			if err := platforms.ResolveSecrets(a.getenv); err != nil {
 				return err

@@ -5,9 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
+	"sort"
 	"testing"
 	"time"
 
@@ -27,27 +26,14 @@ func TestFleetFetchesOneTokenPerPlatform(t *testing.T) {
 	t.Parallel()
 	rb := redistest.Real(t)
 	apps := []string{"wx00000000000000a1", "wx00000000000000b2", "wx00000000000000c3"}
-	dir := t.TempDir()
-	platformsFile := filepath.Join(dir, "platforms.yaml")
 	yaml := "platforms:\n"
+	secrets := []string{"WXDOMAIN_RETRY_BASE=50ms"}
 	for _, a := range apps {
 		yaml += fmt.Sprintf("  - {appid: %s, secret_env: SECRET_%s, rate: 1000}\n", a, a)
+		secrets = append(secrets, "SECRET_"+a+"=secret-"+a)
 	}
-	require.NoError(t, os.WriteFile(platformsFile, []byte(yaml), 0o600))
-	c := &cli{t: t, env: []string{
-		"PATH=" + os.Getenv("PATH"),
-		"WXDOMAIN_REDIS_URL=" + rb.URL,
-		"WXDOMAIN_KEY_PREFIX=" + rb.Prefix,
-		"WXDOMAIN_QUEUE=" + rb.Queue,
-		"WXDOMAIN_PLATFORMS_FILE=" + platformsFile,
-		"WXDOMAIN_RETRY_BASE=50ms",
-	}}
-	for _, a := range apps {
-		c.env = append(c.env, "SECRET_"+a+"=secret-"+a)
-	}
-	fake := c.start("fake-wechat", "--addr", "127.0.0.1:0", "--latency", "5ms")
-	upstream := waitFor(t, fake, regexp.MustCompile(`listening on (http://127\.0\.0\.1:\d+)`))[1]
-	c.env = append(c.env, "WXDOMAIN_WECHAT_BASE_URL="+upstream)
+	c := newCLI(t, rb, yaml, secrets...)
+	fake, upstream := c.startFake("--latency", "5ms")
 	for _, a := range apps {
 		_, errOut, err := c.run("ticket", "set", a, "ticket-"+a)
 		require.NoError(t, err, errOut)
@@ -115,6 +101,74 @@ func TestFleetFetchesOneTokenPerPlatform(t *testing.T) {
 	out, _, err = c.run("platforms")
 	require.NoError(t, err)
 	assert.Regexp(t, `(?m)^wx00000000000000a1\s+valid until \S+ \(\S+ left\)\s+\S+ ago\s+2\s+received \S+ ago\s+ok$`, out)
+
+	for _, w := range workers {
+		w.stop(t)
+	}
+	fake.stop(t)
+}
+
+// TestFleetOfProcessesRespectsThePlatformRate: three worker processes share
+// one platform's limit of 10 calls/s (burst 1).
+func TestFleetOfProcessesRespectsThePlatformRate(t *testing.T) {
+	t.Parallel()
+	const app, n, rate = "wx00000000000000d4", 200, 10.0
+	rb := redistest.Real(t)
+	c := newCLI(t, rb, "platforms:\n  - {appid: "+app+", secret_env: S, rate: 10, burst: 1}\n",
+		"S=s", "WXDOMAIN_POLL_INTERVAL=50ms", "WXDOMAIN_MAX_ATTEMPTS=2")
+	fake, upstream := c.startFake()
+	_, errOut, err := c.run("ticket", "set", app, "t")
+	require.NoError(t, err, errOut)
+	var workers []*proc
+	for i := 0; i < 3; i++ {
+		w := c.start("worker", "--concurrency", "10")
+		waitFor(t, w, regexp.MustCompile(`worker started`))
+		workers = append(workers, w)
+	}
+
+	client := tasks.NewClient(rb.Client, tasks.ClientConfig{Prefix: rb.Prefix, Queue: rb.Queue, PollInterval: 100 * time.Millisecond})
+	t.Cleanup(func() { _ = client.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	var ids []string
+	for i := 0; i < n; i++ {
+		rec, err := client.Enqueue(ctx, tasks.JumpDomainChange{Platform: app, Action: tasks.ActionAdd, Domains: []string{fmt.Sprintf("d%d.example.com", i%150)}}, tasks.EnqueueOptions{})
+		require.NoError(t, err)
+		ids = append(ids, rec.TaskID)
+	}
+	for _, id := range ids {
+		rec, err := client.Wait(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, tasks.StatusSucceeded, rec.Status, "%+v", rec)
+		require.Equal(t, 1, rec.Attempts, "waiting for capacity uses no attempt")
+	}
+	elapsed := time.Since(start)
+
+	resp, err := http.Get(upstream + "/sandbox/calls")
+	require.NoError(t, err)
+	var calls []wechattest.Call
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&calls))
+	_ = resp.Body.Close()
+	var times []time.Time
+	for _, call := range calls {
+		if call.API == "modify_wxa_jump_domain" {
+			times = append(times, call.Time)
+		}
+	}
+	require.Len(t, times, n)
+	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
+	most, lo := 0, 0
+	for hi := range times {
+		for times[hi].Sub(times[lo]) >= time.Second {
+			lo++
+		}
+		most = max(most, hi-lo+1)
+	}
+	lowerBound := float64(n-1) / rate
+	t.Logf("%d changes in %s (lower bound %.1fs, ratio %.3f), at most %d calls in a second", n, elapsed.Round(time.Millisecond), lowerBound, elapsed.Seconds()/lowerBound, most)
+	assert.LessOrEqual(t, most, int(rate)+1)
+	assert.LessOrEqual(t, elapsed.Seconds(), 1.15*lowerBound)
 
 	for _, w := range workers {
 		w.stop(t)

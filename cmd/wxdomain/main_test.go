@@ -132,28 +132,41 @@ func decodeRecord(t *testing.T, s string) tasks.Record {
 	return r
 }
 
+// newCLI writes a platforms file and returns a CLI whose environment points
+// at the test's Redis namespace; extra holds more VAR=value settings.
+func newCLI(t *testing.T, rb redistest.Bundle, platformsYAML string, extra ...string) *cli {
+	t.Helper()
+	platforms := filepath.Join(t.TempDir(), "platforms.yaml")
+	require.NoError(t, os.WriteFile(platforms, []byte(platformsYAML), 0o600))
+	env := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"WXDOMAIN_REDIS_URL=" + rb.URL,
+		"WXDOMAIN_KEY_PREFIX=" + rb.Prefix,
+		"WXDOMAIN_QUEUE=" + rb.Queue,
+		"WXDOMAIN_BULK_QUEUE=" + rb.Queue + "_bulk",
+		"WXDOMAIN_PLATFORMS_FILE=" + platforms,
+	}
+	return &cli{t: t, env: append(env, extra...)}
+}
+
+// startFake starts fake-wechat and points the CLI at it; it returns its URL.
+func (c *cli) startFake(args ...string) (*proc, string) {
+	c.t.Helper()
+	fake := c.start(append([]string{"fake-wechat", "--addr", "127.0.0.1:0"}, args...)...)
+	upstream := waitFor(c.t, fake, regexp.MustCompile(`listening on (http://127\.0\.0\.1:\d+)`))[1]
+	c.env = append(c.env, "WXDOMAIN_WECHAT_BASE_URL="+upstream)
+	return fake, upstream
+}
+
 // TestNewUser walks the README: a sandbox upstream, a worker on a real
 // Redis, changes submitted from the CLI.
 func TestNewUser(t *testing.T) {
 	t.Parallel()
 	rb := redistest.Real(t)
-	dir := t.TempDir()
-	platforms := filepath.Join(dir, "platforms.yaml")
-	require.NoError(t, os.WriteFile(platforms, []byte("platforms:\n  - appid: "+appID+"\n    secret_env: WX_SECRET\n    rate: 5\n"), 0o600))
-	c := &cli{t: t, env: []string{
-		"PATH=" + os.Getenv("PATH"),
-		"WXDOMAIN_REDIS_URL=" + rb.URL,
-		"WXDOMAIN_KEY_PREFIX=" + rb.Prefix,
-		"WXDOMAIN_QUEUE=" + rb.Queue,
-		"WXDOMAIN_PLATFORMS_FILE=" + platforms,
-		"WXDOMAIN_LOG_LEVEL=debug",
-		"WXDOMAIN_RETRY_BASE=100ms",
-		"WX_SECRET=" + appSecret,
-	}}
+	c := newCLI(t, rb, "platforms:\n  - appid: "+appID+"\n    secret_env: WX_SECRET\n    rate: 5\n",
+		"WXDOMAIN_LOG_LEVEL=debug", "WXDOMAIN_RETRY_BASE=100ms", "WX_SECRET="+appSecret)
 
-	fake := c.start("fake-wechat", "--addr", "127.0.0.1:0")
-	m := waitFor(t, fake, regexp.MustCompile(`listening on (http://127\.0\.0\.1:\d+)`))
-	c.env = append(c.env, "WXDOMAIN_WECHAT_BASE_URL="+m[1])
+	fake, upstream := c.startFake()
 
 	out, _, err := c.run("ticket", "set", appID, theTicket)
 	require.NoError(t, err)
@@ -201,7 +214,7 @@ func TestNewUser(t *testing.T) {
 	assert.Contains(t, errOut, "already finished")
 
 	// A change WeChat refuses: its error lands in the record and in asynq.
-	req, err := http.NewRequest(http.MethodPut, m[1]+"/sandbox/platforms/"+appID+"/faults", strings.NewReader(`{"script":[48001]}`))
+	req, err := http.NewRequest(http.MethodPut, upstream+"/sandbox/platforms/"+appID+"/faults", strings.NewReader(`{"script":[48001]}`))
 	require.NoError(t, err)
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)

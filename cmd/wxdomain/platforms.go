@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/wxdomain/wxdomain/internal/config"
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/platform"
 	"github.com/wxdomain/wxdomain/internal/token"
@@ -26,11 +25,7 @@ func (a *app) platformsCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			cfg, err := a.config()
-			if err != nil {
-				return err
-			}
-			platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+			cfg, platforms, err := a.configAndPlatforms()
 			if err != nil {
 				return err
 			}

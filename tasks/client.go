@@ -47,6 +47,9 @@ type EnqueueOptions struct {
 // for a different change.
 var ErrIdempotencyConflict = errors.New("idempotency key already used for a different change")
 
+// ErrInvalidTicket is returned by SetTicket for an empty or oversized ticket.
+var ErrInvalidTicket = errors.New("ticket must be 1 to 1024 characters")
+
 // ErrInvalidIdempotencyKey is returned for an empty-after-trim or oversized key.
 var ErrInvalidIdempotencyKey = errors.New("idempotency key must be 1 to 255 printable characters")
 
@@ -306,7 +309,7 @@ func (c *Client) SetTicket(ctx context.Context, appid, value string) (int, error
 		return 0, fmt.Errorf("appid %q: want letters, digits, '_' or '-' (at most 64)", truncate(appid))
 	}
 	if value == "" || len(value) > 1024 {
-		return 0, errors.New("ticket must be 1 to 1024 characters")
+		return 0, ErrInvalidTicket
 	}
 	if err := ticket.NewStore(c.rdb, c.cfg.Prefix).Set(ctx, appid, value); err != nil {
 		return 0, err

@@ -1,0 +1,300 @@
+// Package httpapi serves wxdomain's HTTP API: submit and poll changes,
+// cancel them, read platform state and store tickets. Every /v1 route
+// requires a bearer token; errors share one JSON shape with a stable code.
+package httpapi
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/wxdomain/wxdomain/internal/platform"
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+// DefaultMaxBody caps request bodies.
+const DefaultMaxBody = 1 << 20
+
+// maxWait bounds a long poll.
+const maxWait = 60 * time.Second
+
+// Config is what the API needs.
+type Config struct {
+	Client *tasks.Client
+	// Platforms reports the configured platforms' state.
+	Platforms func(ctx context.Context) ([]platform.Status, error)
+	// KnownPlatform says whether an appid is configured.
+	KnownPlatform func(appid string) bool
+	// Ready checks the dependencies (Redis) for /readyz.
+	Ready func(ctx context.Context) error
+	// Tokens are the accepted bearer tokens; none accepts nothing on /v1.
+	Tokens []string
+	// MaxBody caps request bodies; default DefaultMaxBody.
+	MaxBody int64
+	Log     *zap.Logger
+}
+
+type api struct {
+	cfg    Config
+	tokens [][]byte
+}
+
+// New returns the API's handler.
+func New(cfg Config) http.Handler {
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = DefaultMaxBody
+	}
+	a := &api{cfg: cfg}
+	for _, t := range cfg.Tokens {
+		a.tokens = append(a.tokens, []byte(t))
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", a.readyz)
+	mux.Handle("POST /v1/changes", a.auth(a.createChange))
+	mux.Handle("GET /v1/changes/{id}", a.auth(a.getChange))
+	mux.Handle("POST /v1/changes/{id}/cancel", a.auth(a.cancelChange))
+	mux.Handle("GET /v1/platforms", a.auth(a.listPlatforms))
+	mux.Handle("PUT /v1/platforms/{appid}/ticket", a.auth(a.putTicket))
+	mux.Handle("/v1/", a.auth(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path, nil)
+	}))
+	return mux
+}
+
+// Authorized reports whether a request carries one of the tokens, as a
+// bearer token or as the password of basic auth (what a browser can send).
+// Comparisons take constant time.
+func Authorized(r *http.Request, tokens [][]byte) bool {
+	var given string
+	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+		given = strings.TrimPrefix(h, "Bearer ")
+	} else if _, pw, ok := r.BasicAuth(); ok {
+		given = pw
+	}
+	if given == "" {
+		return false
+	}
+	ok := 0
+	for _, t := range tokens {
+		ok |= subtle.ConstantTimeCompare([]byte(given), t)
+	}
+	return ok == 1
+}
+
+func (a *api) auth(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !Authorized(r, a.tokens) {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="wxdomain"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid Authorization: Bearer token is required", nil)
+			return
+		}
+		h(w, r)
+	})
+}
+
+func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := a.cfg.Ready(ctx); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "not_ready", "redis does not answer", nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// changeRequest is the body of POST /v1/changes.
+type changeRequest struct {
+	Platform string       `json:"platform"`
+	Action   tasks.Action `json:"action"`
+	Domains  []string     `json:"domains"`
+	Publish  bool         `json:"publish"`
+}
+
+// DecodeChange reads a change request: one JSON object of known fields,
+// nothing after it. It is exported for the fuzz test.
+func DecodeChange(body io.Reader) (tasks.JumpDomainChange, error) {
+	var req changeRequest
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return tasks.JumpDomainChange{}, err
+	}
+	if dec.More() {
+		return tasks.JumpDomainChange{}, errors.New("unexpected data after the JSON object")
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return tasks.JumpDomainChange{}, errors.New("unexpected data after the JSON object")
+	}
+	return tasks.JumpDomainChange{Platform: req.Platform, Action: req.Action, Domains: req.Domains, Publish: req.Publish}, nil
+}
+
+// decodeBody applies the size cap and maps decoding failures to API errors.
+func (a *api) decodeBody(w http.ResponseWriter, r *http.Request, decode func(io.Reader) error) bool {
+	err := decode(http.MaxBytesReader(w, r.Body, a.cfg.MaxBody))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body is larger than %d bytes", a.cfg.MaxBody), nil)
+	case strings.Contains(err.Error(), "unknown field"):
+		writeError(w, http.StatusBadRequest, "unknown_field", err.Error(), nil)
+	default:
+		writeError(w, http.StatusBadRequest, "malformed_json", "request body is not the expected JSON: "+err.Error(), nil)
+	}
+	return false
+}
+
+func (a *api) createChange(w http.ResponseWriter, r *http.Request) {
+	var change tasks.JumpDomainChange
+	if !a.decodeBody(w, r, func(body io.Reader) (err error) {
+		change, err = DecodeChange(body)
+		return err
+	}) {
+		return
+	}
+	rec, err := a.cfg.Client.Enqueue(r.Context(), change, tasks.EnqueueOptions{IdempotencyKey: r.Header.Get("Idempotency-Key")})
+	var ve *tasks.ValidationError
+	switch {
+	case errors.As(err, &ve):
+		status := http.StatusUnprocessableEntity
+		writeError(w, status, ve.Code(), ve.Error(), ve.Problems)
+		return
+	case errors.Is(err, tasks.ErrIdempotencyConflict):
+		writeError(w, http.StatusConflict, "idempotency_conflict", err.Error(), nil)
+		return
+	case errors.Is(err, tasks.ErrInvalidIdempotencyKey):
+		writeError(w, http.StatusBadRequest, "invalid_idempotency_key", err.Error(), nil)
+		return
+	case err != nil:
+		a.internal(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/changes/"+rec.TaskID)
+	status := http.StatusAccepted
+	if rec.Replayed {
+		status = http.StatusOK
+	}
+	writeJSON(w, status, rec)
+}
+
+func (a *api) getChange(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	ctx := r.Context()
+	var (
+		rec *tasks.Record
+		err error
+	)
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, perr := time.ParseDuration(v)
+		if perr != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, "invalid_wait", "wait must be a duration such as 30s", nil)
+			return
+		}
+		wctx, cancel := context.WithTimeout(ctx, min(d, maxWait))
+		defer cancel()
+		rec, err = a.cfg.Client.Wait(wctx, id)
+		if errors.Is(err, context.DeadlineExceeded) && rec != nil {
+			err = nil // the wait ended first: answer with the record as it is
+		}
+	} else {
+		rec, err = a.cfg.Client.Get(ctx, id)
+	}
+	switch {
+	case errors.Is(err, tasks.ErrTaskNotFound):
+		writeError(w, http.StatusNotFound, "not_found", "no change with this task id (or its record expired)", nil)
+	case err != nil:
+		a.internal(w, r, err)
+	default:
+		writeJSON(w, http.StatusOK, rec)
+	}
+}
+
+func (a *api) cancelChange(w http.ResponseWriter, r *http.Request) {
+	rec, err := a.cfg.Client.Cancel(r.Context(), r.PathValue("id"))
+	switch {
+	case errors.Is(err, tasks.ErrTaskNotFound):
+		writeError(w, http.StatusNotFound, "not_found", "no change with this task id (or its record expired)", nil)
+	case errors.Is(err, tasks.ErrFinal):
+		writeError(w, http.StatusConflict, "already_finished", fmt.Sprintf("the change already finished (%s)", rec.Status), nil)
+	case err != nil:
+		a.internal(w, r, err)
+	default:
+		writeJSON(w, http.StatusOK, rec)
+	}
+}
+
+func (a *api) listPlatforms(w http.ResponseWriter, r *http.Request) {
+	report, err := a.cfg.Platforms(r.Context())
+	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"platforms": report})
+}
+
+func (a *api) putTicket(w http.ResponseWriter, r *http.Request) {
+	appid := r.PathValue("appid")
+	if !a.cfg.KnownPlatform(appid) {
+		writeError(w, http.StatusNotFound, tasks.CodeUnknownPlatform, "platform is not in the platforms file", nil)
+		return
+	}
+	var body struct {
+		Ticket string `json:"component_verify_ticket"`
+	}
+	if !a.decodeBody(w, r, func(b io.Reader) error {
+		dec := json.NewDecoder(b)
+		dec.DisallowUnknownFields()
+		return dec.Decode(&body)
+	}) {
+		return
+	}
+	n, err := a.cfg.Client.SetTicket(r.Context(), appid, strings.TrimSpace(body.Ticket))
+	if errors.Is(err, tasks.ErrInvalidTicket) {
+		writeError(w, http.StatusUnprocessableEntity, "invalid_ticket", err.Error(), nil)
+		return
+	}
+	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"platform": appid, "resumed_changes": n})
+}
+
+// internal answers 500 and logs the cause once; the client sees no detail.
+func (a *api) internal(w http.ResponseWriter, r *http.Request, err error) {
+	a.cfg.Log.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+	writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log", nil)
+}
+
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+		Details any    `json:"details,omitempty"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string, details any) {
+	var b errorBody
+	b.Error.Code, b.Error.Message, b.Error.Details = code, msg, details
+	writeJSON(w, status, b)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

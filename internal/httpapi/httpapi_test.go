@@ -1,0 +1,256 @@
+package httpapi_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/wxdomain/wxdomain/internal/httpapi"
+	"github.com/wxdomain/wxdomain/internal/platform"
+	"github.com/wxdomain/wxdomain/internal/redistest"
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+const (
+	app   = "wx1234567890abcdef"
+	token = "api-token-1"
+)
+
+type apiBundle struct {
+	srv    *httptest.Server
+	client *tasks.Client
+	redis  redistest.Bundle
+}
+
+func setup(t *testing.T) *apiBundle {
+	t.Helper()
+	rb := redistest.Mini(t)
+	known := func(a string) bool { return a == app }
+	client := tasks.NewClient(rb.Client, tasks.ClientConfig{
+		Prefix: rb.Prefix, Queue: rb.Queue, PollInterval: 20 * time.Millisecond,
+		Rules: tasks.Rules{KnownPlatform: known},
+	})
+	t.Cleanup(func() { _ = client.Close() })
+	h := httpapi.New(httpapi.Config{
+		Client:        client,
+		KnownPlatform: known,
+		Platforms: func(context.Context) ([]platform.Status, error) {
+			return []platform.Status{{AppID: app, Rate: 5}}, nil
+		},
+		Ready:   func(ctx context.Context) error { return rb.Client.Ping(ctx).Err() },
+		Tokens:  []string{"other-token", token},
+		MaxBody: 4096,
+		Log:     zaptest.NewLogger(t),
+	})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return &apiBundle{srv: srv, client: client, redis: rb}
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+}
+
+func (b *apiBundle) do(t *testing.T, method, path, body string, headers ...string) response {
+	t.Helper()
+	req, err := http.NewRequest(method, b.srv.URL+path, strings.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+token)
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	out := response{status: resp.StatusCode, header: resp.Header}
+	require.NoError(t, json.Unmarshal(raw, &out.body), string(raw))
+	return out
+}
+
+func errCode(r response) string {
+	e, _ := r.body["error"].(map[string]any)
+	c, _ := e["code"].(string)
+	return c
+}
+
+func TestChangesLifecycle(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	body := `{"platform":"` + app + `","action":"add","domains":["A.example.com"],"publish":false}`
+	r := b.do(t, http.MethodPost, "/v1/changes", body, "Idempotency-Key", "k1")
+	require.Equal(t, http.StatusAccepted, r.status, r.body)
+	id := r.body["task_id"].(string)
+	assert.Equal(t, "/v1/changes/"+id, r.header.Get("Location"))
+	assert.Equal(t, "queued", r.body["status"])
+	assert.Equal(t, []any{"a.example.com"}, r.body["domains"])
+
+	r = b.do(t, http.MethodPost, "/v1/changes", body, "Idempotency-Key", "k1")
+	assert.Equal(t, http.StatusOK, r.status, "same key, same body: the first record")
+	assert.Equal(t, id, r.body["task_id"])
+
+	r = b.do(t, http.MethodPost, "/v1/changes", `{"platform":"`+app+`","action":"get"}`, "Idempotency-Key", "k1")
+	assert.Equal(t, http.StatusConflict, r.status)
+	assert.Equal(t, "idempotency_conflict", errCode(r))
+
+	r = b.do(t, http.MethodGet, "/v1/changes/"+id, "")
+	assert.Equal(t, http.StatusOK, r.status)
+	assert.Equal(t, id, r.body["task_id"])
+
+	start := time.Now()
+	r = b.do(t, http.MethodGet, "/v1/changes/"+id+"?wait=300ms", "")
+	assert.Equal(t, http.StatusOK, r.status)
+	assert.Equal(t, "queued", r.body["status"], "no worker here: the wait ends with the record as it is")
+	assert.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond)
+
+	r = b.do(t, http.MethodPost, "/v1/changes/"+id+"/cancel", "")
+	assert.Equal(t, http.StatusOK, r.status)
+	assert.Equal(t, "canceled", r.body["status"])
+	r = b.do(t, http.MethodPost, "/v1/changes/"+id+"/cancel", "")
+	assert.Equal(t, http.StatusConflict, r.status)
+	assert.Equal(t, "already_finished", errCode(r))
+}
+
+func TestErrorCodes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	many := make([]string, 201)
+	for i := range many {
+		many[i] = `"d` + strconv.Itoa(i) + `.cn"`
+	}
+	tests := []struct {
+		name       string
+		method     string
+		path       string
+		body       string
+		auth       string
+		wantStatus int
+		wantCode   string
+	}{
+		{"no token", "GET", "/v1/platforms", "", "-", 401, "unauthorized"},
+		{"wrong token", "GET", "/v1/platforms", "", "Bearer nope", 401, "unauthorized"},
+		{"invalid domain", "POST", "/v1/changes", `{"platform":"` + app + `","action":"add","domains":["https://a.com"]}`, "", 422, "invalid_domain"},
+		{"too many domains", "POST", "/v1/changes", `{"platform":"` + app + `","action":"set","domains":[` + strings.Join(many, ",") + `]}`, "", 422, "too_many_domains"},
+		{"unknown platform", "POST", "/v1/changes", `{"platform":"wx0000000000000000","action":"get"}`, "", 422, "unknown_platform"},
+		{"invalid action", "POST", "/v1/changes", `{"platform":"` + app + `","action":"replace","domains":["a.com"]}`, "", 422, "invalid_action"},
+		{"malformed json", "POST", "/v1/changes", `{"platform":`, "", 400, "malformed_json"},
+		{"trailing data", "POST", "/v1/changes", `{"platform":"` + app + `","action":"get"} {}`, "", 400, "malformed_json"},
+		{"unknown field", "POST", "/v1/changes", `{"platform":"` + app + `","action":"get","extra":1}`, "", 400, "unknown_field"},
+		{"body too large", "POST", "/v1/changes", `{"platform":"` + strings.Repeat("x", 5000) + `"}`, "", 413, "body_too_large"},
+		{"unknown change", "GET", "/v1/changes/0123456789abcdef0123456789abcdef", "", "", 404, "not_found"},
+		{"unknown change cancel", "POST", "/v1/changes/0123456789abcdef0123456789abcdef/cancel", "", "", 404, "not_found"},
+		{"bad wait", "GET", "/v1/changes/x?wait=soon", "", "", 400, "invalid_wait"},
+		{"unknown route", "GET", "/v1/nothing", "", "", 404, "not_found"},
+		{"ticket for unknown platform", "PUT", "/v1/platforms/wx0/ticket", `{"component_verify_ticket":"t"}`, "", 404, "unknown_platform"},
+		{"empty ticket", "PUT", "/v1/platforms/" + app + "/ticket", `{"component_verify_ticket":""}`, "", 422, "invalid_ticket"},
+		{"bad idempotency key", "POST", "/v1/changes", `{"platform":"` + app + `","action":"get"}`, "", 400, "invalid_idempotency_key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := http.NewRequest(tt.method, b.srv.URL+tt.path, strings.NewReader(tt.body))
+			require.NoError(t, err)
+			switch tt.auth {
+			case "":
+				req.Header.Set("Authorization", "Bearer "+token)
+			case "-":
+			default:
+				req.Header.Set("Authorization", tt.auth)
+			}
+			if tt.wantCode == "invalid_idempotency_key" {
+				req.Header.Set("Idempotency-Key", strings.Repeat("k", 300))
+			}
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			defer resp.Body.Close()
+			var body map[string]any
+			require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+			assert.Equal(t, tt.wantStatus, resp.StatusCode, body)
+			assert.Equal(t, tt.wantCode, errCode(response{body: body}))
+			e := body["error"].(map[string]any)
+			assert.NotEmpty(t, e["message"])
+		})
+	}
+	// Nothing invalid reached Redis.
+	keys, err := b.redis.Client.Keys(context.Background(), "*").Result()
+	require.NoError(t, err)
+	assert.Empty(t, keys)
+}
+
+func TestValidationDetailsNameEachDomain(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.do(t, http.MethodPost, "/v1/changes", `{"platform":"`+app+`","action":"add","domains":["ok.com","a.com:80","1.2.3.4"]}`)
+	require.Equal(t, http.StatusUnprocessableEntity, r.status)
+	details := r.body["error"].(map[string]any)["details"].([]any)
+	require.Len(t, details, 2)
+	assert.Equal(t, "a.com:80", details[0].(map[string]any)["value"])
+	assert.Equal(t, "1.2.3.4", details[1].(map[string]any)["value"])
+}
+
+func TestPlatformsTicketAndHealth(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.do(t, http.MethodGet, "/v1/platforms", "")
+	require.Equal(t, http.StatusOK, r.status)
+	assert.Equal(t, app, r.body["platforms"].([]any)[0].(map[string]any)["appid"])
+
+	r = b.do(t, http.MethodPut, "/v1/platforms/"+app+"/ticket", `{"component_verify_ticket":"secret-ticket"}`)
+	require.Equal(t, http.StatusOK, r.status)
+	assert.EqualValues(t, 0, r.body["resumed_changes"])
+	v, err := b.redis.Client.HGet(context.Background(), b.redis.Prefix+"ticket:"+app, "ticket").Result()
+	require.NoError(t, err)
+	assert.Equal(t, "secret-ticket", v)
+
+	for _, path := range []string{"/healthz", "/readyz"} {
+		resp, err := http.Get(b.srv.URL + path) // open: no token
+		require.NoError(t, err)
+		_ = resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode, path)
+	}
+	b.redis.Mini.Close()
+	resp, err := http.Get(b.srv.URL + "/readyz")
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+}
+
+func TestBasicAuthPasswordIsAToken(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	req, _ := http.NewRequest(http.MethodGet, b.srv.URL+"/v1/platforms", nil)
+	req.SetBasicAuth("operator", token)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+
+func FuzzDecodeChange(f *testing.F) {
+	f.Add(`{"platform":"wx1","action":"add","domains":["a.com"],"publish":true}`)
+	f.Add(`{"platform":"wx1","action":"get"}`)
+	f.Add(`{"domains":[` + strings.Repeat(`"a.com",`, 50) + `"b.com"]}`)
+	f.Add(`[[[[[[[[[[[[[[[[[[[[`)
+	f.Add("{\"platform\":\"\xff\xfe\"}")
+	f.Fuzz(func(t *testing.T, body string) {
+		c, err := httpapi.DecodeChange(strings.NewReader(body))
+		if err != nil {
+			return
+		}
+		// Whatever decodes is then validated without panicking.
+		_ = c.ValidateWith(tasks.Rules{KnownPlatform: func(string) bool { return true }})
+	})
+}

@@ -238,7 +238,6 @@ func TestBasicAuthPasswordIsAToken(t *testing.T) {
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 }
 
-
 func FuzzDecodeChange(f *testing.F) {
 	f.Add(`{"platform":"wx1","action":"add","domains":["a.com"],"publish":true}`)
 	f.Add(`{"platform":"wx1","action":"get"}`)

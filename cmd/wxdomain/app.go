@@ -57,6 +57,7 @@ func newRootCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra
 		a.statusCommand(),
 		a.cancelCommand(),
 		a.platformsCommand(),
+		a.serveCommand(),
 		a.fakeWeChatCommand(),
 		a.devCommand(),
 	)

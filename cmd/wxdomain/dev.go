@@ -25,21 +25,22 @@ var devPlatforms = []struct{ appid, secret string }{
 }
 
 func (a *app) devCommand() *cobra.Command {
-	var redisAddr, upstreamAddr string
+	var redisAddr, upstreamAddr, apiAddr string
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run everything in one process: in-process Redis, the sandbox upstream, a worker, and a sample change",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return a.runDev(cmd.Context(), redisAddr, upstreamAddr)
+			return a.runDev(cmd.Context(), redisAddr, upstreamAddr, apiAddr)
 		},
 	}
 	cmd.Flags().StringVar(&redisAddr, "redis-addr", "127.0.0.1:0", "where the in-process Redis listens (port 0 picks a free one)")
 	cmd.Flags().StringVar(&upstreamAddr, "upstream-addr", "127.0.0.1:0", "where the sandbox upstream listens")
+	cmd.Flags().StringVar(&apiAddr, "api-addr", "127.0.0.1:8080", "where the HTTP API listens")
 	return cmd
 }
 
-func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr string) error {
+func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr string) error {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.StartAddr(redisAddr); err != nil {
 		return fmt.Errorf("--redis-addr %s: %w", redisAddr, err)
@@ -108,6 +109,15 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr string) error 
 		workerDone <- f.run(wctx, serverConfig(cfg))
 	}()
 
+	apiLn, err := net.Listen("tcp", apiAddr)
+	if err != nil {
+		return fmt.Errorf("--api-addr %s: %w (another wxdomain dev running? pick another with --api-addr)", apiAddr, err)
+	}
+	apiToken := oneTimeToken()
+	apiErr := make(chan error, 1)
+	go func() { apiErr <- serve(sctx, apiLn, a.apiHandler(rdb, cfg, platforms, []string{apiToken}, log)) }()
+	apiURL := "http://" + apiLn.Addr().String()
+
 	client := tasks.NewClient(rdb, tasks.ClientConfig{
 		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, PollInterval: 100 * time.Millisecond,
 		Rules: tasks.Rules{MaxDomains: cfg.MaxDomains, KnownPlatform: platforms.Has},
@@ -128,22 +138,27 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr string) error 
 	b, _ := json.MarshalIndent(rec, "", "  ")
 	fmt.Fprintf(a.stdout, "%s\n\n", b)
 	fmt.Fprintf(a.stdout, `wxdomain dev is running (Ctrl-C stops it).
+  HTTP API:             %s   (token below)
   Redis (in-process):   %s
   sandbox WeChat API:   %s   (admin API: %s/sandbox/)
   demo platforms:       %s, %s  (tickets stored)
 
-Use the CLI from another terminal:
+Use the API or the CLI from another terminal:
+  export WXDOMAIN_API=%s
+  export WXDOMAIN_API_TOKEN=%s
+  curl -s -H "Authorization: Bearer $WXDOMAIN_API_TOKEN" -d '{"platform":"%s","action":"add","domains":["shop.example.com"]}' $WXDOMAIN_API/v1/changes
   export WXDOMAIN_REDIS_URL=%s
   export WXDOMAIN_PLATFORMS_FILE=%s
-  go run ./cmd/wxdomain enqueue --platform %s --action add --domains shop.example.com --wait
   go run ./cmd/wxdomain enqueue --platform %s --action get --wait
-`, redisURL, upstreamURL, upstreamURL, devPlatforms[0].appid, devPlatforms[1].appid,
-		redisURL, platformsFile, devPlatforms[0].appid, devPlatforms[1].appid)
+`, apiURL, redisURL, upstreamURL, upstreamURL, devPlatforms[0].appid, devPlatforms[1].appid,
+		apiURL, apiToken, devPlatforms[0].appid, redisURL, platformsFile, devPlatforms[1].appid)
 
 	select {
 	case <-ctx.Done():
 	case err := <-srvErr:
 		return fmt.Errorf("sandbox upstream stopped: %w", err)
+	case err := <-apiErr:
+		return fmt.Errorf("HTTP API stopped: %w", err)
 	case err := <-workerDone:
 		return fmt.Errorf("worker stopped: %w", err)
 	}

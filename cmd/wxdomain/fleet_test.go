@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"regexp"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -174,4 +175,42 @@ func TestFleetOfProcessesRespectsThePlatformRate(t *testing.T) {
 		w.stop(t)
 	}
 	fake.stop(t)
+}
+
+// TestServeAPIEndToEnd: `serve --with-worker` against fake-wechat; a change
+// POSTed over HTTP is long-polled to succeeded.
+func TestServeAPIEndToEnd(t *testing.T) {
+	t.Parallel()
+	const app, apiToken = "wx00000000000000e5", "test-api-token-0123456789"
+	rb := redistest.Real(t)
+	c := newCLI(t, rb, "platforms:\n  - {appid: "+app+", secret_env: S}\n", "S=s", "WXDOMAIN_API_TOKENS="+apiToken)
+	fake, _ := c.startFake()
+	_, errOut, err := c.run("ticket", "set", app, "t")
+	require.NoError(t, err, errOut)
+	srv := c.start("serve", "--addr", "127.0.0.1:0", "--with-worker")
+	api := waitFor(t, srv, regexp.MustCompile(`API listening on (http://127\.0\.0\.1:\d+)`))[1]
+
+	req, err := http.NewRequest(http.MethodPost, api+"/v1/changes", strings.NewReader(`{"platform":"`+app+`","action":"add","domains":["www.example.com"]}`))
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	var rec tasks.Record
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rec))
+	_ = resp.Body.Close()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode)
+
+	req, err = http.NewRequest(http.MethodGet, api+resp.Header.Get("Location")+"?wait=30s", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rec))
+	_ = resp.Body.Close()
+	assert.Equal(t, tasks.StatusSucceeded, rec.Status)
+	assert.Equal(t, []string{"www.example.com"}, *rec.TestingDomains)
+
+	srv.stop(t)
+	fake.stop(t)
+	assert.NotContains(t, srv.output(), apiToken, "the API token is never logged")
 }

@@ -301,6 +301,18 @@ func TestErrorsNameTheProblem(t *testing.T) {
 			want: "redis at redis://:xxxxx@127.0.0.1:1/0 does not answer",
 		},
 		{
+			name: "API on a public address without tokens",
+			env:  map[string]string{"WXDOMAIN_PLATFORMS_FILE": platforms, "WXDOMAIN_HTTP_ADDR": "0.0.0.0:8080"},
+			args: []string{"serve"},
+			want: "refusing to serve the API on the non-loopback address 0.0.0.0:8080 without authentication",
+		},
+		{
+			name: "weak API token",
+			env:  map[string]string{"WXDOMAIN_API_TOKENS": "short"},
+			args: []string{"serve"},
+			want: "WXDOMAIN_API_TOKENS: token 1 is shorter than 16 characters",
+		},
+		{
 			name: "missing required flag",
 			args: []string{"enqueue", "--action", "get"},
 			want: `required flag(s) "platform" not set`,
@@ -327,7 +339,7 @@ func TestDevRunsTheSampleChange(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"dev"}, func(string) string { return "" }, pw, io.Discard)
+		done <- run(ctx, []string{"dev", "--api-addr", "127.0.0.1:0"}, func(string) string { return "" }, pw, io.Discard)
 		_ = pw.Close()
 	}()
 	var printed strings.Builder
@@ -340,6 +352,7 @@ func TestDevRunsTheSampleChange(t *testing.T) {
 	}
 	assert.Contains(t, printed.String(), `"status": "succeeded"`)
 	assert.Regexp(t, `export WXDOMAIN_REDIS_URL=redis://127\.0\.0\.1:\d+/0`, printed.String())
+	assert.Regexp(t, `export WXDOMAIN_API_TOKEN=wxd_[0-9a-f]{32}`, printed.String())
 	cancel()
 	go func() { _, _ = io.Copy(io.Discard, pr) }()
 	select {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"github.com/wxdomain/wxdomain/internal/ticket"
@@ -9,9 +10,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/wxdomain/wxdomain/internal/config"
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/platform"
 	"github.com/wxdomain/wxdomain/internal/token"
@@ -34,17 +37,7 @@ func (a *app) platformsCommand() *cobra.Command {
 				return err
 			}
 			defer rdb.Close()
-			tickets := ticket.NewStore(rdb, cfg.KeyPrefix)
-			src := platform.Sources{
-				Tokens:  token.NewSource(rdb, nil, tickets, token.SourceConfig{Prefix: cfg.KeyPrefix}, zap.NewNop()),
-				Tickets: tickets,
-				Pauses:  pause.NewStore(rdb, cfg.KeyPrefix),
-			}
-			list := make([]platform.Configured, len(platforms.List))
-			for i, p := range platforms.List {
-				list[i] = platform.Configured{AppID: p.AppID, Rate: p.Rate}
-			}
-			report, err := platform.Report(ctx, src, list)
+			report, err := platformReporter(rdb, cfg, platforms)(ctx)
 			if err != nil {
 				return err
 			}
@@ -91,4 +84,22 @@ func ago(now, t time.Time) string {
 		return "in " + (-d).String()
 	}
 	return d.String() + " ago"
+}
+
+// platformReporter reads the configured platforms' state: what `platforms`
+// prints and GET /v1/platforms answers.
+func platformReporter(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms) func(context.Context) ([]platform.Status, error) {
+	tickets := ticket.NewStore(rdb, cfg.KeyPrefix)
+	src := platform.Sources{
+		Tokens:  token.NewSource(rdb, nil, tickets, token.SourceConfig{Prefix: cfg.KeyPrefix}, zap.NewNop()),
+		Tickets: tickets,
+		Pauses:  pause.NewStore(rdb, cfg.KeyPrefix),
+	}
+	list := make([]platform.Configured, len(platforms.List))
+	for i, p := range platforms.List {
+		list[i] = platform.Configured{AppID: p.AppID, Rate: p.Rate}
+	}
+	return func(ctx context.Context) ([]platform.Status, error) {
+		return platform.Report(ctx, src, list)
+	}
 }

@@ -89,7 +89,8 @@ func serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
-		return err
+		// Long polls still open after the grace period: cut them.
+		_ = srv.Close()
 	}
 	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
 		return err

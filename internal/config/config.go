@@ -5,6 +5,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -42,6 +43,9 @@ type Config struct {
 	BusyIncrease    float64
 	BusyMinFactor   float64
 	BulkQueue       string
+	HTTPAddr        string
+	// APITokens authenticate the HTTP API; never logged.
+	APITokens []Secret
 	// Errcode classification of modify_wxa_jump_domain (see worker.Policy).
 	RetryCodes  []int
 	TokenCodes  []int
@@ -82,6 +86,7 @@ func Default() Config {
 		MinuteCodes:     []int{45011},
 		DayCodes:        []int{45009},
 		BulkQueue:       tasks.QueueBulk,
+		HTTPAddr:        "127.0.0.1:8080",
 		Queue:           tasks.QueueDefault,
 		KeyPrefix:       tasks.DefaultPrefix,
 		LogLevel:        zapcore.InfoLevel,
@@ -124,6 +129,25 @@ var Settings = []Setting{
 	{"WXDOMAIN_ERRCODES_TOKEN", codesSetting(func(c *Config) *[]int { return &c.TokenCodes })},
 	{"WXDOMAIN_ERRCODES_NEXT_MINUTE", codesSetting(func(c *Config) *[]int { return &c.MinuteCodes })},
 	{"WXDOMAIN_ERRCODES_NEXT_DAY", codesSetting(func(c *Config) *[]int { return &c.DayCodes })},
+	{"WXDOMAIN_HTTP_ADDR", func(c *Config, v string) error {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return fmt.Errorf("%q: want host:port, such as 127.0.0.1:8080", v)
+		}
+		c.HTTPAddr = v
+		return nil
+	}},
+	{"WXDOMAIN_API_TOKENS", func(c *Config, v string) error {
+		c.APITokens = nil
+		for i, t := range strings.Split(v, ",") {
+			t = strings.TrimSpace(t)
+			if len(t) < 16 {
+				// Never echo the value: it is a secret.
+				return fmt.Errorf("token %d is shorter than 16 characters", i+1)
+			}
+			c.APITokens = append(c.APITokens, Secret(t))
+		}
+		return nil
+	}},
 	{"WXDOMAIN_BULK_QUEUE", func(c *Config, v string) error { c.BulkQueue = v; return checkName(v) }},
 	{"WXDOMAIN_QUEUE", func(c *Config, v string) error { c.Queue = v; return checkName(v) }},
 	{"WXDOMAIN_KEY_PREFIX", func(c *Config, v string) error { c.KeyPrefix = v; return checkName(v) }},

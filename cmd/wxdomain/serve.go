@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/wxdomain/wxdomain/internal/config"
+	"github.com/wxdomain/wxdomain/internal/httpapi"
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+func (a *app) serveCommand() *cobra.Command {
+	var (
+		addr       string
+		withWorker bool
+	)
+	cmd := &cobra.Command{
+		Use:   "serve [--addr 127.0.0.1:8080] [--with-worker]",
+		Short: "Serve the HTTP API (and, with --with-worker, process changes in the same process)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cfg, platforms, err := a.configAndPlatforms()
+			if err != nil {
+				return err
+			}
+			if addr != "" {
+				cfg.HTTPAddr = addr
+			}
+			tokens, err := a.apiTokens(cfg)
+			if err != nil {
+				return err
+			}
+			if withWorker {
+				if err := platforms.ResolveSecrets(a.getenv); err != nil {
+					return err
+				}
+			}
+			log, err := a.logger(cfg)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			rdb, err := openRedis(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			ln, err := net.Listen("tcp", cfg.HTTPAddr)
+			if err != nil {
+				return fmt.Errorf("WXDOMAIN_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
+			}
+			fmt.Fprintf(a.stdout, "wxdomain API listening on http://%s\n", ln.Addr())
+
+			errc := make(chan error, 2)
+			sctx, stop := context.WithCancel(ctx)
+			defer stop()
+			go func() { errc <- serve(sctx, ln, a.apiHandler(rdb, cfg, platforms, tokens, log)) }()
+			running := 1
+			if withWorker {
+				f, err := newFleet(rdb, cfg, platforms, log)
+				if err != nil {
+					return err
+				}
+				running++
+				go func() { errc <- f.run(sctx, serverConfig(cfg)) }()
+			}
+			var first error
+			for ; running > 0; running-- {
+				if err := <-errc; err != nil && first == nil {
+					first = err
+				}
+				stop() // one part ending stops the other
+			}
+			return first
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", "", "address to listen on (overrides WXDOMAIN_HTTP_ADDR, default 127.0.0.1:8080)")
+	cmd.Flags().BoolVar(&withWorker, "with-worker", false, "also run a worker in this process")
+	return cmd
+}
+
+// apiTokens returns the API tokens. Without any, only a loopback address
+// is allowed, with a one-time token printed for this process.
+func (a *app) apiTokens(cfg config.Config) ([]string, error) {
+	tokens := make([]string, len(cfg.APITokens))
+	for i, t := range cfg.APITokens {
+		tokens[i] = t.Reveal()
+	}
+	if len(tokens) > 0 {
+		return tokens, nil
+	}
+	host, _, _ := net.SplitHostPort(cfg.HTTPAddr)
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("WXDOMAIN_API_TOKENS is not set: refusing to serve the API on the non-loopback address %s without authentication", cfg.HTTPAddr)
+	}
+	t := oneTimeToken()
+	fmt.Fprintf(a.stderr, "wxdomain: WXDOMAIN_API_TOKENS is not set; this process accepts the one-time token %s\n", t)
+	return []string{t}, nil
+}
+
+func oneTimeToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "wxd_" + hex.EncodeToString(b[:])
+}
+
+func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, tokens []string, log *zap.Logger) http.Handler {
+	client := tasks.NewClient(rdb, tasks.ClientConfig{
+		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL,
+		Rules: tasks.Rules{MaxDomains: cfg.MaxDomains, KnownPlatform: platforms.Has},
+	})
+	return httpapi.New(httpapi.Config{
+		Client:        client,
+		Platforms:     platformReporter(rdb, cfg, platforms),
+		KnownPlatform: platforms.Has,
+		Ready:         func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		Tokens:        tokens,
+		Log:           log.Named("api"),
+	})
+}

@@ -216,11 +216,16 @@ func (c *Client) Get(ctx context.Context, taskID string) (*Record, error) {
 // returns the last record read together with ctx's error.
 func (c *Client) Wait(ctx context.Context, taskID string) (*Record, error) {
 	delay := 50 * time.Millisecond
+	var last *Record
 	for {
 		rec, err := c.Get(ctx, taskID)
+		if err != nil && last != nil && ctx.Err() != nil {
+			return last, ctx.Err() // the wait ended during a read
+		}
 		if err != nil {
 			return rec, err
 		}
+		last = rec
 		if rec.Status.Final() {
 			return rec, nil
 		}

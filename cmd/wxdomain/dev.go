@@ -109,13 +109,17 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 		workerDone <- f.run(wctx, serverConfig(cfg))
 	}()
 
+	apiToken := oneTimeToken()
+	handler, err := a.apiHandler(rdb, cfg, platforms, []string{apiToken}, log)
+	if err != nil {
+		return err
+	}
 	apiLn, err := net.Listen("tcp", apiAddr)
 	if err != nil {
 		return fmt.Errorf("--api-addr %s: %w (another wxdomain dev running? pick another with --api-addr)", apiAddr, err)
 	}
-	apiToken := oneTimeToken()
 	apiErr := make(chan error, 1)
-	go func() { apiErr <- serve(sctx, apiLn, a.apiHandler(rdb, cfg, platforms, []string{apiToken}, log)) }()
+	go func() { apiErr <- serve(sctx, apiLn, handler) }()
 	apiURL := "http://" + apiLn.Addr().String()
 
 	client := tasks.NewClient(rdb, tasks.ClientConfig{

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wxdomain/wxdomain/internal/config"
 	"github.com/wxdomain/wxdomain/internal/httpapi"
+	"github.com/wxdomain/wxdomain/internal/wxcrypt"
 	"github.com/wxdomain/wxdomain/tasks"
 )
 
@@ -60,10 +61,14 @@ func (a *app) serveCommand() *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "wxdomain API listening on http://%s\n", ln.Addr())
 
+			handler, err := a.apiHandler(rdb, cfg, platforms, tokens, log)
+			if err != nil {
+				return err
+			}
 			errc := make(chan error, 2)
 			sctx, stop := context.WithCancel(ctx)
 			defer stop()
-			go func() { errc <- serve(sctx, ln, a.apiHandler(rdb, cfg, platforms, tokens, log)) }()
+			go func() { errc <- serve(sctx, ln, handler) }()
 			running := 1
 			if withWorker {
 				f, err := newFleet(rdb, cfg, platforms, log)
@@ -113,7 +118,11 @@ func oneTimeToken() string {
 	return "wxd_" + hex.EncodeToString(b[:])
 }
 
-func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, tokens []string, log *zap.Logger) http.Handler {
+func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, tokens []string, log *zap.Logger) (http.Handler, error) {
+	events, err := eventCrypters(platforms)
+	if err != nil {
+		return nil, err
+	}
 	client := tasks.NewClient(rdb, tasks.ClientConfig{
 		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL,
 		Rules: tasks.Rules{MaxDomains: cfg.MaxDomains, KnownPlatform: platforms.Has},
@@ -122,8 +131,29 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 		Client:        client,
 		Platforms:     platformReporter(rdb, cfg, platforms),
 		KnownPlatform: platforms.Has,
+		Events:        events,
 		Ready:         func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		Tokens:        tokens,
 		Log:           log.Named("api"),
-	})
+	}), nil
+}
+
+// eventCrypters builds the crypters of the platforms that set a message
+// token and key.
+func eventCrypters(platforms *config.Platforms) (func(string) (*wxcrypt.Crypter, bool), error) {
+	crypters := map[string]*wxcrypt.Crypter{}
+	for _, p := range platforms.List {
+		if p.Token == "" {
+			continue
+		}
+		c, err := wxcrypt.New(p.Token.Reveal(), p.EncodingAESKey.Reveal(), p.AppID)
+		if err != nil {
+			return nil, fmt.Errorf("WXDOMAIN_PLATFORMS_FILE: platform %s: %w", p.AppID, err)
+		}
+		crypters[p.AppID] = c
+	}
+	return func(appid string) (*wxcrypt.Crypter, bool) {
+		c, ok := crypters[appid]
+		return c, ok
+	}, nil
 }

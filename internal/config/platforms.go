@@ -30,6 +30,10 @@ type Platform struct {
 	// WXDOMAIN_DEFAULT_RATE. Burst 0 takes WXDOMAIN_DEFAULT_BURST.
 	Rate  float64 `yaml:"rate"`
 	Burst int     `yaml:"burst"`
+	// Token and EncodingAESKey verify and decrypt WeChat's pushes to the
+	// authorization-event URL (optional; set both or neither).
+	Token          Secret `yaml:"token"`
+	EncodingAESKey Secret `yaml:"encoding_aes_key"`
 }
 
 // Platforms is the parsed platforms file.
@@ -90,6 +94,12 @@ func ParsePlatforms(b []byte) (*Platforms, error) {
 		}
 		if pl.Rate < 0 {
 			errs = append(errs, fmt.Errorf("%s (%s): rate %v must not be negative", at, pl.AppID, pl.Rate))
+		}
+		if (pl.Token == "") != (pl.EncodingAESKey == "") {
+			errs = append(errs, fmt.Errorf("%s (%s): set token and encoding_aes_key together", at, pl.AppID))
+		}
+		if k := pl.EncodingAESKey; k != "" && len(k) != 43 {
+			errs = append(errs, fmt.Errorf("%s (%s): encoding_aes_key must be 43 characters, got %d", at, pl.AppID, len(k)))
 		}
 		if pl.Burst < 0 {
 			errs = append(errs, fmt.Errorf("%s (%s): burst %d must not be negative", at, pl.AppID, pl.Burst))

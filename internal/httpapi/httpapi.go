@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wxdomain/wxdomain/internal/platform"
+	"github.com/wxdomain/wxdomain/internal/wxcrypt"
 	"github.com/wxdomain/wxdomain/tasks"
 )
 
@@ -33,6 +35,9 @@ type Config struct {
 	Platforms func(ctx context.Context) ([]platform.Status, error)
 	// KnownPlatform says whether an appid is configured.
 	KnownPlatform func(appid string) bool
+	// Events returns the crypter of a platform that receives WeChat's
+	// pushes; ok is false for a platform without token and key.
+	Events func(appid string) (c *wxcrypt.Crypter, ok bool)
 	// Ready checks the dependencies (Redis) for /readyz.
 	Ready func(ctx context.Context) error
 	// Tokens are the accepted bearer tokens; none accepts nothing on /v1.
@@ -66,6 +71,7 @@ func New(cfg Config) http.Handler {
 	mux.Handle("POST /v1/changes/{id}/cancel", a.auth(a.cancelChange))
 	mux.Handle("GET /v1/platforms", a.auth(a.listPlatforms))
 	mux.Handle("PUT /v1/platforms/{appid}/ticket", a.auth(a.putTicket))
+	mux.HandleFunc("POST /wechat/events/{appid}", a.wechatEvent)
 	mux.Handle("/v1/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path, nil)
 	}))
@@ -270,6 +276,54 @@ func (a *api) putTicket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"platform": appid, "resumed_changes": n})
+}
+
+// maxEventBody caps WeChat's pushes, which are a few hundred bytes.
+const maxEventBody = 64 << 10
+
+// wechatEvent receives WeChat's authorization-event pushes: it verifies the
+// signature, decrypts, stores component_verify_ticket events and answers
+// "success". A push that fails verification stores nothing.
+func (a *api) wechatEvent(w http.ResponseWriter, r *http.Request) {
+	appid := r.PathValue("appid")
+	c, ok := a.cfg.Events(appid)
+	if !ok {
+		http.Error(w, "unknown platform", http.StatusNotFound)
+		return
+	}
+	var envelope struct {
+		AppID   string `xml:"AppId"`
+		Encrypt string `xml:"Encrypt"`
+	}
+	if err := xml.NewDecoder(http.MaxBytesReader(w, r.Body, maxEventBody)).Decode(&envelope); err != nil {
+		http.Error(w, "malformed push", http.StatusBadRequest)
+		return
+	}
+	q := r.URL.Query()
+	plain, err := c.Decrypt(q.Get("msg_signature"), q.Get("timestamp"), q.Get("nonce"), envelope.Encrypt)
+	if err != nil {
+		a.cfg.Log.Warn("WeChat push refused", zap.String("platform", appid), zap.Error(err))
+		http.Error(w, "push refused: "+err.Error(), http.StatusForbidden)
+		return
+	}
+	var event struct {
+		InfoType string `xml:"InfoType"`
+		Ticket   string `xml:"ComponentVerifyTicket"`
+	}
+	if err := xml.Unmarshal(plain, &event); err != nil {
+		http.Error(w, "malformed event", http.StatusBadRequest)
+		return
+	}
+	if event.InfoType == "component_verify_ticket" {
+		if _, err := a.cfg.Client.SetTicket(r.Context(), appid, strings.TrimSpace(event.Ticket)); err != nil {
+			// WeChat pushes again in ten minutes; a 500 makes it retry sooner.
+			a.cfg.Log.Error("could not store a pushed ticket", zap.String("platform", appid), zap.Error(err))
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "success")
 }
 
 // internal answers 500 and logs the cause once; the client sees no detail.

@@ -18,6 +18,7 @@ import (
 	"github.com/wxdomain/wxdomain/internal/httpapi"
 	"github.com/wxdomain/wxdomain/internal/platform"
 	"github.com/wxdomain/wxdomain/internal/redistest"
+	"github.com/wxdomain/wxdomain/internal/wxcrypt"
 	"github.com/wxdomain/wxdomain/tasks"
 )
 
@@ -252,4 +253,49 @@ func FuzzDecodeChange(f *testing.F) {
 		// Whatever decodes is then validated without panicking.
 		_ = c.ValidateWith(tasks.Rules{KnownPlatform: func(string) bool { return true }})
 	})
+}
+
+func TestWeChatTicketPush(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Mini(t)
+	const aesKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+	crypter, err := wxcrypt.New("msgtoken", aesKey, app)
+	require.NoError(t, err)
+	client := tasks.NewClient(rb.Client, tasks.ClientConfig{Prefix: rb.Prefix, Queue: rb.Queue})
+	t.Cleanup(func() { _ = client.Close() })
+	srv := httptest.NewServer(httpapi.New(httpapi.Config{
+		Client: client,
+		Events: func(a string) (*wxcrypt.Crypter, bool) { return crypter, a == app },
+		Tokens: []string{token},
+		Log:    zaptest.NewLogger(t),
+	}))
+	t.Cleanup(srv.Close)
+
+	inner := `<xml><AppId><![CDATA[` + app + `]]></AppId><CreateTime>1413192605</CreateTime><InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[ticket@@@pushed]]></ComponentVerifyTicket></xml>`
+	enc, err := crypter.Encrypt([]byte("0123456789abcdef"), []byte(inner))
+	require.NoError(t, err)
+	body := `<xml><AppId><![CDATA[` + app + `]]></AppId><Encrypt><![CDATA[` + enc + `]]></Encrypt></xml>`
+	push := func(appid, sig string) (int, string) {
+		u := srv.URL + "/wechat/events/" + appid + "?timestamp=1413192605&nonce=1234&encrypt_type=aes&msg_signature=" + sig
+		resp, err := http.Post(u, "text/xml", strings.NewReader(body))
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	ticketKey := rb.Prefix + "ticket:" + app
+
+	status, _ := push(app, "0123456789012345678901234567890123456789")
+	assert.Equal(t, http.StatusForbidden, status, "bad signature refused")
+	assert.Zero(t, rb.Client.Exists(context.Background(), ticketKey).Val(), "nothing stored")
+
+	status, _ = push("wx0000000000000000", crypter.Signature("1413192605", "1234", enc))
+	assert.Equal(t, http.StatusNotFound, status)
+
+	status, answer := push(app, crypter.Signature("1413192605", "1234", enc))
+	require.Equal(t, http.StatusOK, status)
+	assert.Equal(t, "success", answer)
+	v, err := rb.Client.HGet(context.Background(), ticketKey, "ticket").Result()
+	require.NoError(t, err)
+	assert.Equal(t, "ticket@@@pushed", v)
 }

@@ -4,6 +4,7 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -163,7 +164,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 
 	res, err := h.call(ctx, change)
-	return h.finish(ctx, rec, res, err)
+	return h.finish(ctx, rec, res, err, t.ResultWriter())
 }
 
 // checkPause defers the change if its platform is paused.
@@ -308,7 +309,7 @@ func (h *Handler) modify(ctx context.Context, appid, tok string, req wechat.Jump
 }
 
 // finish records the outcome and tells asynq what to do next.
-func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, callErr error) error {
+func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, callErr error, rw *asynq.ResultWriter) error {
 	log := h.log.With(zap.String("task_id", rec.TaskID), zap.String("platform", rec.Platform), zap.String("action", string(rec.Action)))
 	if callErr != nil && ctx.Err() != nil {
 		return h.interrupted(ctx, rec, callErr)
@@ -318,12 +319,23 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
 	defer cancel()
 	if callErr == nil {
-		_, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
+		done, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
 			applyAnswer(r, res)
 			return nil
 		})
 		if err != nil && !errors.Is(err, tasks.ErrFinal) {
 			return err
+		}
+		if err == nil && rw != nil {
+			// A summary for the asynq UI's completed tasks; the record
+			// stays the source of truth, so a failed write is no failure.
+			b, _ := json.Marshal(struct {
+				Status    tasks.Status `json:"status"`
+				Testing   *[]string    `json:"testing_domains,omitempty"`
+				Published *[]string    `json:"published_domains,omitempty"`
+				Invalid   []string     `json:"invalid_domains,omitempty"`
+			}{done.Status, done.TestingDomains, done.PublishedDomains, done.InvalidDomains})
+			_, _ = rw.Write(b)
 		}
 		log.Debug("change applied", zap.Int("invalid_domains", len(res.Invalid)))
 		return nil

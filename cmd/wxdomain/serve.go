@@ -14,6 +14,7 @@ import (
 
 	"github.com/wxdomain/wxdomain/internal/config"
 	"github.com/wxdomain/wxdomain/internal/httpapi"
+	"github.com/wxdomain/wxdomain/internal/monitor"
 	"github.com/wxdomain/wxdomain/internal/wxcrypt"
 	"github.com/wxdomain/wxdomain/tasks"
 )
@@ -132,6 +133,7 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 		Platforms:     platformReporter(rdb, cfg, platforms),
 		KnownPlatform: platforms.Has,
 		Events:        events,
+		Monitoring:    monitor.New(rdb, "/monitoring"),
 		Ready:         func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		Tokens:        tokens,
 		Log:           log.Named("api"),

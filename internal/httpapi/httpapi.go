@@ -38,6 +38,9 @@ type Config struct {
 	// Events returns the crypter of a platform that receives WeChat's
 	// pushes; ok is false for a platform without token and key.
 	Events func(appid string) (c *wxcrypt.Crypter, ok bool)
+	// Monitoring is the asynq web UI, served under /monitoring/ behind the
+	// same tokens (a browser logs in with basic auth, the password a token).
+	Monitoring http.Handler
 	// Ready checks the dependencies (Redis) for /readyz.
 	Ready func(ctx context.Context) error
 	// Tokens are the accepted bearer tokens; none accepts nothing on /v1.
@@ -72,6 +75,10 @@ func New(cfg Config) http.Handler {
 	mux.Handle("GET /v1/platforms", a.auth(a.listPlatforms))
 	mux.Handle("PUT /v1/platforms/{appid}/ticket", a.auth(a.putTicket))
 	mux.HandleFunc("POST /wechat/events/{appid}", a.wechatEvent)
+	if cfg.Monitoring != nil {
+		mux.Handle("/monitoring/", a.browserAuth(cfg.Monitoring))
+		mux.Handle("GET /monitoring", http.RedirectHandler("/monitoring/", http.StatusMovedPermanently))
+	}
 	mux.Handle("/v1/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path, nil)
 	}))
@@ -106,6 +113,18 @@ func (a *api) auth(h http.HandlerFunc) http.Handler {
 			return
 		}
 		h(w, r)
+	})
+}
+
+// browserAuth asks a browser for basic auth, whose password is a token.
+func (a *api) browserAuth(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !Authorized(r, a.tokens) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="wxdomain monitoring (password: an API token)", charset="UTF-8"`)
+			http.Error(w, "log in with an API token as the password", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
 	})
 }
 

@@ -92,11 +92,16 @@ var ErrFinal = errors.New("task already finished")
 // Store keeps task records in Redis, one JSON string per task, expiring
 // ResultTTL after their last change.
 type Store struct {
-	rdb    redis.UniversalClient
-	prefix string
-	ttl    time.Duration
-	now    func() time.Time
+	rdb      redis.UniversalClient
+	prefix   string
+	ttl      time.Duration
+	now      func() time.Time
+	onFinish func(*Record)
 }
+
+// OnFinish sets a function called once for each record this store moves to
+// a final status (for metrics). Set it before the store is used.
+func (s *Store) OnFinish(fn func(*Record)) { s.onFinish = fn }
 
 // NewStore returns a record store. prefix namespaces every key (default
 // "wxdomain:"); ttl defaults to DefaultResultTTL.
@@ -160,8 +165,12 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 // to abort without writing.
 func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (*Record, error) {
 	key := s.key(id)
-	var out *Record
+	var (
+		out      *Record
+		finished bool
+	)
 	txf := func(tx *redis.Tx) error {
+		finished = false
 		b, err := tx.Get(ctx, key).Bytes()
 		if errors.Is(err, redis.Nil) {
 			return fmt.Errorf("%w: %s", ErrTaskNotFound, id)
@@ -182,7 +191,8 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (
 		}
 		now := s.now().UTC()
 		r.UpdatedAt = now
-		if r.Status.Final() && r.FinishedAt == nil {
+		finished = r.Status.Final() && r.FinishedAt == nil
+		if finished {
 			r.FinishedAt = &now
 		}
 		if r.Status != StatusRetrying {
@@ -205,6 +215,9 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (
 		}
 		if err != nil && !errors.Is(err, ErrFinal) && !errors.Is(err, ErrTaskNotFound) {
 			return out, fmt.Errorf("update record %s: %w", id, err)
+		}
+		if err == nil && finished && s.onFinish != nil {
+			s.onFinish(out)
 		}
 		return out, err
 	}

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wxdomain/wxdomain/internal/limit"
+	"github.com/wxdomain/wxdomain/internal/metrics"
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/wechat"
 	"github.com/wxdomain/wxdomain/tasks"
@@ -50,6 +51,8 @@ type Config struct {
 	// Lead: a task deferred to its reserved call slot comes back this long
 	// before it, to absorb the queue's polling; default 300ms.
 	Lead time.Duration
+	// Metrics, if set, counts outcomes, calls, waits, deferrals and pauses.
+	Metrics *metrics.Metrics
 }
 
 // RetryError asks asynq to run the task again after Delay (read by
@@ -232,6 +235,7 @@ func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.
 	case <-ctx.Done():
 		return -1, ctx.Err()
 	case <-t.C:
+		h.cfg.Metrics.LimiterWait(wait)
 		return wait, nil
 	}
 }
@@ -294,11 +298,20 @@ func (h *Handler) call(ctx context.Context, change tasks.JumpDomainChange) (wech
 // modify calls WeChat and tells the limiter whether WeChat was busy, so
 // that the platform's pace adapts.
 func (h *Handler) modify(ctx context.Context, appid, tok string, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
+	start := time.Now()
 	res, err := h.upstream.ModifyJumpDomain(ctx, tok, req)
+	var apiErr *wechat.APIError
+	switch {
+	case err == nil:
+		h.cfg.Metrics.UpstreamCall(appid, 0, true, time.Since(start))
+	case errors.As(err, &apiErr):
+		h.cfg.Metrics.UpstreamCall(appid, apiErr.Code, true, time.Since(start))
+	default:
+		h.cfg.Metrics.UpstreamCall(appid, 0, false, time.Since(start))
+	}
 	if h.limiter == nil {
 		return res, err
 	}
-	var apiErr *wechat.APIError
 	busy := errors.As(err, &apiErr) && apiErr.Code == -1
 	if err == nil || apiErr != nil {
 		if ferr := h.limiter.Feedback(ctx, appid, busy); ferr != nil {
@@ -406,6 +419,7 @@ func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decisi
 		return err
 	}
 	if started {
+		h.cfg.Metrics.PauseStarted(rec.Platform, p.ErrCode)
 		h.log.Warn("platform paused; its changes wait",
 			zap.String("platform", rec.Platform), zap.String("reason", p.Reason),
 			zap.Int("errcode", p.ErrCode), zap.Time("until", p.Until))
@@ -436,6 +450,14 @@ type deferral struct {
 	resumable bool
 	// slot is the call slot reserved for the change, kept across the deferral.
 	slot *time.Time
+}
+
+// kind names the deferral for metrics.
+func (d deferral) kind() string {
+	if d.resumable {
+		return "pause"
+	}
+	return "rate_limit"
 }
 
 // recordWriteTimeout bounds record writes that must happen even though the
@@ -481,6 +503,7 @@ func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.
 			return err
 		}
 	}
+	h.cfg.Metrics.Deferral(d.kind())
 	return &DeferError{Until: d.until, Reason: d.reason}
 }
 

@@ -2,20 +2,27 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/wxdomain/wxdomain/internal/ticket"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/wxdomain/wxdomain/internal/config"
+	"github.com/wxdomain/wxdomain/internal/httpapi"
 	"github.com/wxdomain/wxdomain/internal/limit"
+	"github.com/wxdomain/wxdomain/internal/metrics"
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechat"
@@ -79,6 +86,14 @@ func (a *app) config() (config.Config, error) {
 		}
 		return env(k)
 	})
+}
+
+// newMetrics registers wxdomain's metrics and the queue collector.
+func newMetrics(rdb redis.UniversalClient) (*prometheus.Registry, *metrics.Metrics) {
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	reg.MustRegister(metrics.NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb)))
+	return reg, m
 }
 
 // configAndPlatforms reads the settings and the platforms file.
@@ -181,7 +196,7 @@ type fleet struct {
 	log     *zap.Logger
 }
 
-func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, log *zap.Logger) (*fleet, error) {
+func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, m *metrics.Metrics, log *zap.Logger) (*fleet, error) {
 	wc, err := wechat.New(cfg.WeChatBaseURL, &http.Client{Timeout: cfg.HTTPTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("WXDOMAIN_WECHAT_BASE_URL: %w", err)
@@ -192,13 +207,14 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 	}
 	tickets := ticket.NewStore(rdb, cfg.KeyPrefix)
 	tokens := token.NewSource(rdb, wc, tickets, token.SourceConfig{
-		Prefix: cfg.KeyPrefix, Margin: cfg.TokenMargin, Secret: secret,
+		Prefix: cfg.KeyPrefix, Margin: cfg.TokenMargin, Secret: secret, Observe: m.TokenFetch,
 		// The lock outlives the slowest fetch, so no second process fetches
 		// while the first is still waiting for WeChat.
 		Lease: 2*cfg.HTTPTimeout + 5*time.Second,
 	}, log.Named("token"))
 	pauses := pause.NewStore(rdb, cfg.KeyPrefix)
 	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL)
+	store.OnFinish(func(r *tasks.Record) { m.ChangeFinished(string(r.Status)) })
 	limiter := limit.New(rdb, cfg.KeyPrefix, limit.Rate{PerSecond: cfg.GlobalRate, Burst: cfg.GlobalBurst}, limit.Pacing{
 		Decrease: cfg.BusyDecrease, Increase: cfg.BusyIncrease, MinFactor: cfg.BusyMinFactor,
 	})
@@ -210,7 +226,8 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 		},
 		Rate: platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,
 		// Deferred tasks come back once the queue's poller sees them due.
-		Lead: cfg.PollInterval + 100*time.Millisecond,
+		Lead:    cfg.PollInterval + 100*time.Millisecond,
+		Metrics: m,
 	}, log)
 	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, log: log}, nil
 }
@@ -283,7 +300,25 @@ func (a *app) workerCommand() *cobra.Command {
 				return err
 			}
 			defer rdb.Close()
-			f, err := newFleet(rdb, cfg, platforms, log)
+			reg, m := newMetrics(rdb)
+			if cfg.MetricsAddr != "" {
+				tokens := make([]string, len(cfg.APITokens))
+				for i, t := range cfg.APITokens {
+					tokens[i] = t.Reveal()
+				}
+				if len(tokens) == 0 && !cfg.MetricsPublic {
+					return errors.New("WXDOMAIN_METRICS_ADDR is set but neither WXDOMAIN_API_TOKENS nor WXDOMAIN_METRICS_PUBLIC=true: nobody could read the metrics")
+				}
+				ln, err := net.Listen("tcp", cfg.MetricsAddr)
+				if err != nil {
+					return fmt.Errorf("WXDOMAIN_METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
+				}
+				mux := http.NewServeMux()
+				mux.Handle("GET /metrics", httpapi.MetricsHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), cfg.MetricsPublic, tokens))
+				go func() { _ = serve(ctx, ln, mux) }()
+				log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
+			}
+			f, err := newFleet(rdb, cfg, platforms, m, log)
 			if err != nil {
 				return err
 			}

@@ -93,7 +93,8 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 	defer func() { _ = log.Sync() }()
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
-	f, err := newFleet(rdb, cfg, platforms, log)
+	reg, m := newMetrics(rdb)
+	f, err := newFleet(rdb, cfg, platforms, m, log)
 	if err != nil {
 		return err
 	}
@@ -110,7 +111,7 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 	}()
 
 	apiToken := oneTimeToken()
-	handler, err := a.apiHandler(rdb, cfg, platforms, []string{apiToken}, log)
+	handler, err := a.apiHandler(rdb, cfg, platforms, []string{apiToken}, reg, log)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"regexp"
 	"sort"
@@ -209,6 +210,30 @@ func TestServeAPIEndToEnd(t *testing.T) {
 	_ = resp.Body.Close()
 	assert.Equal(t, tasks.StatusSucceeded, rec.Status)
 	assert.Equal(t, []string{"www.example.com"}, *rec.TestingDomains)
+
+	resp, err = http.Get(api + "/metrics")
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "metrics need a token unless WXDOMAIN_METRICS_PUBLIC=true")
+	req, err = http.NewRequest(http.MethodGet, api+"/metrics", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+apiToken)
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	_ = resp.Body.Close()
+	text := string(raw)
+	for _, want := range []string{
+		`wxdomain_upstream_calls_total{errcode="0",platform="` + app + `"} 1`,
+		`wxdomain_changes_finished_total{status="succeeded"} 1`,
+		`wxdomain_token_fetches_total{platform="` + app + `",result="ok"} 1`,
+		`wxdomain_queue_tasks{queue="` + rb.Queue + `",state="pending"} 0`,
+		`wxdomain_upstream_call_seconds_count{api="modify_wxa_jump_domain"} 1`,
+	} {
+		assert.Contains(t, text, want)
+	}
+	assert.NotContains(t, text, apiToken)
 
 	srv.stop(t)
 	fake.stop(t)

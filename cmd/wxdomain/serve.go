@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -62,7 +64,8 @@ func (a *app) serveCommand() *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "wxdomain API listening on http://%s\n", ln.Addr())
 
-			handler, err := a.apiHandler(rdb, cfg, platforms, tokens, log)
+			reg, m := newMetrics(rdb)
+			handler, err := a.apiHandler(rdb, cfg, platforms, tokens, reg, log)
 			if err != nil {
 				return err
 			}
@@ -72,7 +75,7 @@ func (a *app) serveCommand() *cobra.Command {
 			go func() { errc <- serve(sctx, ln, handler) }()
 			running := 1
 			if withWorker {
-				f, err := newFleet(rdb, cfg, platforms, log)
+				f, err := newFleet(rdb, cfg, platforms, m, log)
 				if err != nil {
 					return err
 				}
@@ -119,7 +122,7 @@ func oneTimeToken() string {
 	return "wxd_" + hex.EncodeToString(b[:])
 }
 
-func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, tokens []string, log *zap.Logger) (http.Handler, error) {
+func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, tokens []string, reg *prometheus.Registry, log *zap.Logger) (http.Handler, error) {
 	events, err := eventCrypters(platforms)
 	if err != nil {
 		return nil, err
@@ -134,6 +137,8 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 		KnownPlatform: platforms.Has,
 		Events:        events,
 		Monitoring:    monitor.New(rdb, "/monitoring"),
+		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		MetricsPublic: cfg.MetricsPublic,
 		Ready:         func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		Tokens:        tokens,
 		Log:           log.Named("api"),

@@ -44,6 +44,8 @@ type Config struct {
 	BusyMinFactor   float64
 	BulkQueue       string
 	HTTPAddr        string
+	MetricsPublic   bool
+	MetricsAddr     string
 	// APITokens authenticate the HTTP API; never logged.
 	APITokens []Secret
 	// Errcode classification of modify_wxa_jump_domain (see worker.Policy).
@@ -134,6 +136,21 @@ var Settings = []Setting{
 			return fmt.Errorf("%q: want host:port, such as 127.0.0.1:8080", v)
 		}
 		c.HTTPAddr = v
+		return nil
+	}},
+	{"WXDOMAIN_METRICS_PUBLIC", func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q: want true or false", v)
+		}
+		c.MetricsPublic = b
+		return nil
+	}},
+	{"WXDOMAIN_METRICS_ADDR", func(c *Config, v string) error {
+		if _, _, err := net.SplitHostPort(v); err != nil {
+			return fmt.Errorf("%q: want host:port, such as 127.0.0.1:9100", v)
+		}
+		c.MetricsAddr = v
 		return nil
 	}},
 	{"WXDOMAIN_API_TOKENS", func(c *Config, v string) error {

@@ -41,6 +41,9 @@ type Config struct {
 	// Monitoring is the asynq web UI, served under /monitoring/ behind the
 	// same tokens (a browser logs in with basic auth, the password a token).
 	Monitoring http.Handler
+	// Metrics serves /metrics: open when MetricsPublic, else behind the tokens.
+	Metrics       http.Handler
+	MetricsPublic bool
 	// Ready checks the dependencies (Redis) for /readyz.
 	Ready func(ctx context.Context) error
 	// Tokens are the accepted bearer tokens; none accepts nothing on /v1.
@@ -75,6 +78,9 @@ func New(cfg Config) http.Handler {
 	mux.Handle("GET /v1/platforms", a.auth(a.listPlatforms))
 	mux.Handle("PUT /v1/platforms/{appid}/ticket", a.auth(a.putTicket))
 	mux.HandleFunc("POST /wechat/events/{appid}", a.wechatEvent)
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", MetricsHandler(cfg.Metrics, cfg.MetricsPublic, cfg.Tokens))
+	}
 	if cfg.Monitoring != nil {
 		mux.Handle("/monitoring/", a.browserAuth(cfg.Monitoring))
 		mux.Handle("GET /monitoring", http.RedirectHandler("/monitoring/", http.StatusMovedPermanently))
@@ -83,6 +89,19 @@ func New(cfg Config) http.Handler {
 		writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path, nil)
 	}))
 	return mux
+}
+
+// MetricsHandler guards a metrics handler: open when public, else it needs
+// one of the tokens.
+func MetricsHandler(h http.Handler, public bool, tokens []string) http.Handler {
+	if public {
+		return h
+	}
+	a := &api{}
+	for _, t := range tokens {
+		a.tokens = append(a.tokens, []byte(t))
+	}
+	return a.auth(h.ServeHTTP)
 }
 
 // Authorized reports whether a request carries one of the tokens, as a

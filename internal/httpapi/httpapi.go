@@ -6,6 +6,7 @@ package httpapi
 import (
 	"context"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -21,6 +22,11 @@ import (
 	"github.com/wxdomain/wxdomain/internal/wxcrypt"
 	"github.com/wxdomain/wxdomain/tasks"
 )
+
+// OpenAPI is the API's OpenAPI document, served at /v1/openapi.json.
+//
+//go:embed openapi.json
+var OpenAPI []byte
 
 // DefaultMaxBody caps request bodies.
 const DefaultMaxBody = 1 << 20
@@ -77,6 +83,10 @@ func New(cfg Config) http.Handler {
 	mux.Handle("POST /v1/changes/{id}/cancel", a.auth(a.cancelChange))
 	mux.Handle("GET /v1/platforms", a.auth(a.listPlatforms))
 	mux.Handle("PUT /v1/platforms/{appid}/ticket", a.auth(a.putTicket))
+	mux.Handle("GET /v1/openapi.json", a.auth(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(OpenAPI)
+	}))
 	mux.HandleFunc("POST /wechat/events/{appid}", a.wechatEvent)
 	if cfg.Metrics != nil {
 		mux.Handle("GET /metrics", MetricsHandler(cfg.Metrics, cfg.MetricsPublic, cfg.Tokens))

@@ -299,3 +299,36 @@ func TestWeChatTicketPush(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "ticket@@@pushed", v)
 }
+
+func TestOpenAPIMatchesTheRoutes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.do(t, http.MethodGet, "/v1/openapi.json", "")
+	require.Equal(t, http.StatusOK, r.status)
+	var doc struct {
+		Paths map[string]map[string]any `json:"paths"`
+	}
+	require.NoError(t, json.Unmarshal(httpapi.OpenAPI, &doc))
+	var documented []string
+	for path, ops := range doc.Paths {
+		for method := range ops {
+			documented = append(documented, strings.ToUpper(method)+" "+path)
+			concrete := strings.NewReplacer("{task_id}", "0123456789abcdef0123456789abcdef", "{appid}", app).Replace(path)
+			req, err := http.NewRequest(strings.ToUpper(method), b.srv.URL+concrete, strings.NewReader("{}"))
+			require.NoError(t, err)
+			req.Header.Set("Authorization", "Bearer "+token)
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			raw, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			assert.NotEqual(t, http.StatusMethodNotAllowed, resp.StatusCode, "%s %s", method, path)
+			assert.NotContains(t, string(raw), "no such route", "%s %s is documented but not served", method, path)
+		}
+	}
+	// Every route the server has is documented (update both together).
+	served := []string{
+		"POST /v1/changes", "GET /v1/changes/{task_id}", "POST /v1/changes/{task_id}/cancel",
+		"GET /v1/platforms", "PUT /v1/platforms/{appid}/ticket", "GET /v1/openapi.json",
+	}
+	assert.ElementsMatch(t, served, documented)
+}

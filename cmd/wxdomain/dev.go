@@ -144,6 +144,8 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 	fmt.Fprintf(a.stdout, "%s\n\n", b)
 	fmt.Fprintf(a.stdout, `wxdomain dev is running (Ctrl-C stops it).
   HTTP API:             %s   (token below)
+  monitoring UI:        %s/monitoring/   (any user name, the token as password)
+  metrics:              %s/metrics   (with the token)
   Redis (in-process):   %s
   sandbox WeChat API:   %s   (admin API: %s/sandbox/)
   demo platforms:       %s, %s  (tickets stored)
@@ -155,7 +157,7 @@ Use the API or the CLI from another terminal:
   export WXDOMAIN_REDIS_URL=%s
   export WXDOMAIN_PLATFORMS_FILE=%s
   go run ./cmd/wxdomain enqueue --platform %s --action get --wait
-`, apiURL, redisURL, upstreamURL, upstreamURL, devPlatforms[0].appid, devPlatforms[1].appid,
+`, apiURL, apiURL, apiURL, redisURL, upstreamURL, upstreamURL, devPlatforms[0].appid, devPlatforms[1].appid,
 		apiURL, apiToken, devPlatforms[0].appid, redisURL, platformsFile, devPlatforms[1].appid)
 
 	select {

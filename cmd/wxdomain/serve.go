@@ -141,6 +141,7 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 		MetricsPublic: cfg.MetricsPublic,
 		Ready:         func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
 		Tokens:        tokens,
+		MaxBody:       int64(cfg.MaxBody),
 		Log:           log.Named("api"),
 	}), nil
 }

@@ -45,6 +45,7 @@ type Config struct {
 	BulkQueue       string
 	HTTPAddr        string
 	MetricsPublic   bool
+	MaxBody         int
 	MetricsAddr     string
 	// APITokens authenticate the HTTP API; never logged.
 	APITokens []Secret
@@ -89,6 +90,7 @@ func Default() Config {
 		DayCodes:        []int{45009},
 		BulkQueue:       tasks.QueueBulk,
 		HTTPAddr:        "127.0.0.1:8080",
+		MaxBody:         1 << 20,
 		Queue:           tasks.QueueDefault,
 		KeyPrefix:       tasks.DefaultPrefix,
 		LogLevel:        zapcore.InfoLevel,
@@ -138,6 +140,7 @@ var Settings = []Setting{
 		c.HTTPAddr = v
 		return nil
 	}},
+	{"WXDOMAIN_MAX_BODY", intSetting(func(c *Config) *int { return &c.MaxBody }, 1024, 64<<20)},
 	{"WXDOMAIN_METRICS_PUBLIC", func(c *Config, v string) error {
 		b, err := strconv.ParseBool(v)
 		if err != nil {

@@ -201,6 +201,7 @@ func NewRecord(id string, change JumpDomainChange, queue string) *Record {
 		Queue:     queue,
 		Status:    StatusQueued,
 		RolloutID: change.RolloutID,
+		Ensure:    change.Ensure,
 	}
 }
 

@@ -65,6 +65,10 @@ type Record struct {
 	UpdatedAt     time.Time  `json:"updated_at"`
 	FinishedAt    *time.Time `json:"finished_at,omitempty"`
 	RolloutID     string     `json:"rollout_id,omitempty"`
+	Ensure        bool       `json:"ensure,omitempty"`
+	// Note says what happened when it is not obvious (ensure mode found
+	// nothing to change).
+	Note string `json:"note,omitempty"`
 	// CancelRequested is set when a cancel reached a running task; the
 	// worker finishes the record as canceled when it notices.
 	CancelRequested bool `json:"cancel_requested,omitempty"`
@@ -79,7 +83,7 @@ type Record struct {
 
 // Change is the change the record describes.
 func (r *Record) Change() JumpDomainChange {
-	return JumpDomainChange{Platform: r.Platform, Action: r.Action, Domains: r.Domains, Publish: r.Publish, RolloutID: r.RolloutID}
+	return JumpDomainChange{Platform: r.Platform, Action: r.Action, Domains: r.Domains, Publish: r.Publish, RolloutID: r.RolloutID, Ensure: r.Ensure}
 }
 
 // ErrTaskNotFound is returned for a task id with no record (never existed,
@@ -204,6 +208,11 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (
 		}
 		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			p.Set(ctx, key, nb, s.ttl)
+			if r.RolloutID != "" {
+				rolloutTransition.Eval(ctx, p,
+					[]string{RolloutStateKey(s.prefix, r.RolloutID), RolloutCountsKey(s.prefix, r.RolloutID), RolloutKey(s.prefix, r.RolloutID)},
+					r.Platform, string(r.Status), now.Format(time.RFC3339Nano))
+			}
 			return nil
 		})
 		return err

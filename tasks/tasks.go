@@ -72,6 +72,10 @@ type JumpDomainChange struct {
 	// the testing one (is_modify_published_together).
 	Publish   bool   `json:"publish"`
 	RolloutID string `json:"rollout_id,omitempty"`
+	// Ensure reads the current lists first and calls only for the
+	// difference; nothing is called on a platform already in the desired
+	// state, and an add that would exceed the limit fails without a call.
+	Ensure bool `json:"ensure,omitempty"`
 }
 
 // Rules are the limits a change is validated against.
@@ -136,6 +140,9 @@ func (c *JumpDomainChange) ValidateWith(r Rules) error {
 		add(CodeTooManyDomains, "domains", "", fmt.Sprintf("has %d distinct domains; the limit is %d", len(domains), maxDomains))
 	}
 
+	if c.Ensure && c.Action == ActionGet {
+		add(CodeInvalidAction, "ensure", "", "applies to set, add and delete, not get")
+	}
 	if len(problems) > 0 {
 		// The most specific code first: API clients read the first one.
 		sortProblems(problems)

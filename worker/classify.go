@@ -112,6 +112,8 @@ func (p Policy) Classify(err error) Decision {
 		return Decision{Kind: KindRetry, Reason: "could not reach WeChat: " + tErr.Error()}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return Decision{Kind: KindCanceled, Reason: "the attempt was interrupted: " + err.Error()}
+	case errors.As(err, new(*PlanError)):
+		return Decision{Kind: KindFail, Reason: err.Error()}
 	case errors.Is(err, token.ErrUnknownPlatform):
 		return Decision{Kind: KindFail, Reason: "the platform is not in the workers' platforms file, so there is no secret to get a token with"}
 	case errors.As(err, &fetchErr):

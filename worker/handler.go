@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -53,6 +54,9 @@ type Config struct {
 	Lead time.Duration
 	// Metrics, if set, counts outcomes, calls, waits, deferrals and pauses.
 	Metrics *metrics.Metrics
+	// MaxDomains is the platform's domain limit ensure mode plans against;
+	// default 200.
+	MaxDomains int
 }
 
 // RetryError asks asynq to run the task again after Delay (read by
@@ -121,6 +125,9 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pa
 	if cfg.MaxDefer <= 0 {
 		cfg.MaxDefer = 48 * time.Hour
 	}
+	if cfg.MaxDomains <= 0 {
+		cfg.MaxDomains = tasks.DefaultMaxDomains
+	}
 	if cfg.Lead <= 0 {
 		cfg.Lead = 300 * time.Millisecond
 	}
@@ -166,8 +173,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("%s: %w", rec.Error, asynq.SkipRetry)
 	}
 
-	res, err := h.call(ctx, change)
-	return h.finish(ctx, rec, res, err, t.ResultWriter())
+	res, note, err := h.call(ctx, change)
+	return h.finish(ctx, rec, res, note, err, t.ResultWriter())
 }
 
 // checkPause defers the change if its platform is paused.
@@ -276,23 +283,123 @@ func (h *Handler) updateOrCreate(ctx context.Context, id, queue string, change t
 
 // call makes the upstream call; a refused token is dropped (only if it is
 // still the shared one), fetched anew, and the call made once more at once.
-func (h *Handler) call(ctx context.Context, change tasks.JumpDomainChange) (wechat.JumpDomains, error) {
+func (h *Handler) call(ctx context.Context, change tasks.JumpDomainChange) (wechat.JumpDomains, string, error) {
 	req := wechat.JumpDomainChange{Action: string(change.Action), Domains: change.Domains, Publish: change.Publish}
 	tok, err := h.tokens.Token(ctx, change.Platform)
 	if err != nil {
-		return wechat.JumpDomains{}, err
+		return wechat.JumpDomains{}, "", err
 	}
-	res, err := h.modify(ctx, change.Platform, tok, req)
+	if change.Ensure {
+		cur, err := h.send(ctx, change.Platform, &tok, wechat.JumpDomainChange{Action: wechat.ActionGet})
+		if err != nil {
+			return cur, "", err
+		}
+		var note string
+		if req, note, err = h.plan(change, cur); err != nil || note != "" {
+			return cur, note, err
+		}
+	}
+	res, err := h.send(ctx, change.Platform, &tok, req)
+	return res, "", err
+}
+
+// send makes one call; a refused token is dropped (only if it is still the
+// shared one), fetched anew, and the call made once more at once.
+func (h *Handler) send(ctx context.Context, appid string, tok *string, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
+	res, err := h.modify(ctx, appid, *tok, req)
 	if h.cfg.Policy.Classify(err).Kind != KindRefreshToken {
 		return res, err
 	}
-	if err := h.tokens.Invalidate(ctx, change.Platform, tok); err != nil {
+	if err := h.tokens.Invalidate(ctx, appid, *tok); err != nil {
 		return res, err
 	}
-	if tok, err = h.tokens.Token(ctx, change.Platform); err != nil {
+	t, err := h.tokens.Token(ctx, appid)
+	if err != nil {
 		return res, err
 	}
-	return h.modify(ctx, change.Platform, tok, req)
+	*tok = t
+	return h.modify(ctx, appid, t, req)
+}
+
+// PlanError refuses an ensure-mode change that cannot reach its desired
+// state without breaking a rule (the domain limit); nothing was changed.
+type PlanError struct{ Reason string }
+
+func (e *PlanError) Error() string { return e.Reason }
+
+// plan turns an ensure-mode change into the call that reaches the desired
+// state from the current lists, or a note when there is nothing to do.
+func (h *Handler) plan(change tasks.JumpDomainChange, cur wechat.JumpDomains) (wechat.JumpDomainChange, string, error) {
+	lists := [][]string{cur.Testing}
+	if change.Publish {
+		lists = append(lists, cur.Published)
+	}
+	inAll := func(d string) bool {
+		for _, l := range lists {
+			if !slices.Contains(l, d) {
+				return false
+			}
+		}
+		return true
+	}
+	inAny := func(d string) bool {
+		for _, l := range lists {
+			if slices.Contains(l, d) {
+				return true
+			}
+		}
+		return false
+	}
+	req := wechat.JumpDomainChange{Action: string(change.Action), Publish: change.Publish}
+	const done = "already in the desired state; nothing was changed"
+	switch change.Action {
+	case tasks.ActionAdd:
+		for _, d := range change.Domains {
+			if !inAll(d) {
+				req.Domains = append(req.Domains, d)
+			}
+		}
+		if len(req.Domains) == 0 {
+			return req, done, nil
+		}
+		for _, l := range lists {
+			n := len(l)
+			for _, d := range req.Domains {
+				if !slices.Contains(l, d) {
+					n++
+				}
+			}
+			if n > h.cfg.MaxDomains {
+				return req, "", &PlanError{Reason: fmt.Sprintf("adding %d domains would make %d, over the limit of %d; nothing was changed", len(req.Domains), n, h.cfg.MaxDomains)}
+			}
+		}
+	case tasks.ActionDelete:
+		for _, d := range change.Domains {
+			if inAny(d) {
+				req.Domains = append(req.Domains, d)
+			}
+		}
+		if len(req.Domains) == 0 {
+			return req, done, nil
+		}
+	case tasks.ActionSet:
+		same := true
+		for _, l := range lists {
+			if len(l) != len(change.Domains) {
+				same = false
+			}
+		}
+		for _, d := range change.Domains {
+			same = same && inAll(d)
+		}
+		if same {
+			return req, done, nil
+		}
+		req.Domains = change.Domains
+	default:
+		req.Domains = change.Domains
+	}
+	return req, "", nil
 }
 
 // modify calls WeChat and tells the limiter whether WeChat was busy, so
@@ -322,7 +429,7 @@ func (h *Handler) modify(ctx context.Context, appid, tok string, req wechat.Jump
 }
 
 // finish records the outcome and tells asynq what to do next.
-func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, callErr error, rw *asynq.ResultWriter) error {
+func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, note string, callErr error, rw *asynq.ResultWriter) error {
 	log := h.log.With(zap.String("task_id", rec.TaskID), zap.String("platform", rec.Platform), zap.String("action", string(rec.Action)))
 	if callErr != nil && ctx.Err() != nil {
 		return h.interrupted(ctx, rec, callErr)
@@ -334,6 +441,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 	if callErr == nil {
 		done, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
 			applyAnswer(r, res)
+			r.Note = note
 			return nil
 		})
 		if err != nil && !errors.Is(err, tasks.ErrFinal) {

@@ -226,8 +226,9 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 		},
 		Rate: platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,
 		// Deferred tasks come back once the queue's poller sees them due.
-		Lead:    cfg.PollInterval + 100*time.Millisecond,
-		Metrics: m,
+		Lead:       cfg.PollInterval + 100*time.Millisecond,
+		Metrics:    m,
+		MaxDomains: cfg.MaxDomains,
 	}, log)
 	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, log: log}, nil
 }

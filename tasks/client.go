@@ -41,6 +41,10 @@ type EnqueueOptions struct {
 	Queue string
 	// ProcessAt schedules the change for later; zero means now.
 	ProcessAt time.Time
+	// TaskID sets the task id instead of a random one. Enqueueing the same
+	// id again is harmless: a change already under way or finished is not
+	// queued twice (rollouts derive ids from rollout and platform).
+	TaskID string
 }
 
 // ErrIdempotencyConflict is returned when an idempotency key was first used
@@ -109,6 +113,12 @@ func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 		queue = c.cfg.Queue
 	}
 	taskID := newTaskID()
+	if opts.TaskID != "" {
+		if !validTaskID(opts.TaskID) {
+			return nil, fmt.Errorf("task id %q: want 1 to 128 letters, digits, '-', '_', ':' or '.'", truncate(opts.TaskID))
+		}
+		return c.enqueueOnce(ctx, opts.TaskID, change, queue, opts)
+	}
 	if opts.IdempotencyKey != "" {
 		if !validKey(opts.IdempotencyKey) {
 			return nil, ErrInvalidIdempotencyKey
@@ -134,6 +144,29 @@ func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 			// record behind that no worker will ever run.
 			_ = c.store.Delete(context.WithoutCancel(ctx), taskID)
 		}
+		return nil, err
+	}
+	return rec, nil
+}
+
+// enqueueOnce queues a change under a given id unless a record with that id
+// shows it already ran or runs.
+func (c *Client) enqueueOnce(ctx context.Context, id string, change JumpDomainChange, queue string, opts EnqueueOptions) (*Record, error) {
+	rec := NewRecord(id, change, queue)
+	created, err := c.store.Create(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	if !created {
+		if rec, err = c.store.Get(ctx, id); err != nil {
+			return nil, err
+		}
+		rec.Replayed = true
+		if rec.Status != StatusQueued {
+			return rec, nil
+		}
+	}
+	if err := c.enqueueTask(ctx, rec, opts); err != nil {
 		return nil, err
 	}
 	return rec, nil

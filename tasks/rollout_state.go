@@ -1,6 +1,10 @@
 package tasks
 
 import (
+	"context"
+	"fmt"
+	"time"
+
 	"github.com/redis/go-redis/v9"
 )
 
@@ -38,3 +42,44 @@ if total > 0 and fin >= total and redis.call('HEXISTS', KEYS[3], 'finished_at') 
   redis.call('HSET', KEYS[3], 'finished_at', ARGV[3])
 end
 return 1`)
+
+// MoveRolloutPlatform records a platform's status in a rollout without a
+// task record (a platform canceled before its change was queued).
+func MoveRolloutPlatform(ctx context.Context, rdb redis.UniversalClient, prefix, id, appid string, status Status) error {
+	err := rolloutTransition.Run(ctx, rdb, []string{RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id), RolloutKey(prefix, id)},
+		appid, string(status), time.Now().UTC().Format(time.RFC3339Nano)).Err()
+	if err != nil {
+		return fmt.Errorf("record rollout %s platform %s: %w", id, appid, err)
+	}
+	return nil
+}
+
+// rolloutReset: KEYS state, counts; ARGV appid. A failed or canceled
+// platform goes back to queued for a retry.
+var rolloutReset = redis.NewScript(`
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old ~= 'failed' and old ~= 'canceled' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 'queued')
+redis.call('HINCRBY', KEYS[2], old, -1)
+redis.call('HINCRBY', KEYS[2], 'queued', 1)
+return 1`)
+
+// ResetRolloutPlatform puts a failed or canceled platform back to queued.
+func ResetRolloutPlatform(ctx context.Context, rdb redis.UniversalClient, prefix, id, appid string) error {
+	if err := rolloutReset.Run(ctx, rdb, []string{RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id)}, appid).Err(); err != nil {
+		return fmt.Errorf("reset rollout %s platform %s: %w", id, appid, err)
+	}
+	return nil
+}
+
+// RolloutStatus reads a rollout's status ("" if unknown).
+func (s *Store) RolloutStatus(ctx context.Context, id string) (string, error) {
+	st, err := s.rdb.HGet(ctx, RolloutKey(s.prefix, id), "status").Result()
+	if err == redis.Nil {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read rollout %s: %w", id, err)
+	}
+	return st, nil
+}

@@ -147,6 +147,23 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	id := t.ResultWriter().TaskID()
 	queue, _ := asynq.GetQueueName(ctx)
 
+	if change.RolloutID != "" {
+		// A canceled rollout's changes that were queued anyway stop here.
+		st, err := h.store.RolloutStatus(ctx, change.RolloutID)
+		if err != nil {
+			return err
+		}
+		if st == "canceled" {
+			_, err := h.updateOrCreate(ctx, id, queue, change, func(r *tasks.Record) error {
+				r.Status, r.Error = tasks.StatusCanceled, "its rollout was canceled"
+				return nil
+			})
+			if err != nil && !errors.Is(err, tasks.ErrFinal) {
+				return err
+			}
+			return nil
+		}
+	}
 	if paused, err := h.checkPause(ctx, id, queue, change); paused || err != nil {
 		return err
 	}

@@ -24,6 +24,8 @@ type ServerConfig struct {
 	// PollInterval is how often idle workers and the retry forwarder look
 	// for work; asynq's defaults (1s and 5s) when zero.
 	PollInterval time.Duration
+	// Handlers are more task types this server runs (the rollout fan-out).
+	Handlers map[string]asynq.Handler
 }
 
 // Run processes tasks until ctx ends, then shuts down gracefully: it stops
@@ -33,6 +35,9 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg ServerConfig, h *Ha
 	srv := NewServer(rdb, cfg, h, log)
 	mux := asynq.NewServeMux()
 	mux.Handle(tasks.TypeJumpDomain, h)
+	for typ, other := range cfg.Handlers {
+		mux.Handle(typ, other)
+	}
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}

@@ -5,10 +5,12 @@ import (
 	"github.com/wxdomain/wxdomain/internal/ticket"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -53,6 +55,10 @@ type setupOpts struct {
 	// default, each at concurrency (default 4).
 	workers     int
 	concurrency int
+	// platforms are more platforms (released, with tickets) besides A and B.
+	platforms []string
+	// handlers are more task types the workers run.
+	handlers map[string]asynq.Handler
 	// rates per platform (none: unlimited) and the global rate.
 	rates  map[string]limit.Rate
 	global limit.Rate
@@ -64,7 +70,8 @@ func setup(t testing.TB, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	t.Helper()
 	rb := open(t)
 	sb := wechattest.New(wechattest.Config{Strict: true})
-	for _, app := range []string{appA, appB} {
+	apps := append([]string{appA, appB}, o.platforms...)
+	for _, app := range apps {
 		sb.PutPlatform(wechattest.Platform{AppID: app, Secret: "secret-" + app, Released: true})
 	}
 	srv := httptest.NewServer(sb.Handler())
@@ -76,11 +83,11 @@ func setup(t testing.TB, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	require.NoError(t, err)
 	tickets := ticket.NewStore(rb.Client, rb.Prefix)
 	ctx := context.Background()
-	for _, app := range []string{appA, appB} {
+	for _, app := range apps {
 		require.NoError(t, tickets.Set(ctx, app, "ticket-"+app))
 	}
 	secrets := func(appid string) (string, bool) {
-		if appid == appA || appid == appB {
+		if slices.Contains(apps, appid) {
 			return "secret-" + appid, true
 		}
 		return "", false
@@ -137,7 +144,7 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	go func() {
 		done <- worker.Run(wctx, b.redis.Client, worker.ServerConfig{
 			Concurrency: o.concurrency, Queues: map[string]int{b.redis.Queue: 2, b.redis.Queue + "_bulk": 1},
-			ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond,
+			ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond, Handlers: b.opts.handlers,
 		}, h, b.log)
 	}()
 	var once sync.Once

@@ -1,0 +1,549 @@
+// Package rollout applies one domain change across many platforms: it
+// records the rollout, fans it out in the background into one task per
+// platform (idempotently: task ids derive from rollout, attempt and appid),
+// tracks per-platform outcomes with exact counts, and cancels or retries.
+package rollout
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+// TypeFanout is the task that fans a rollout attempt out; permanent.
+const TypeFanout = "wxdomain:rollout_fanout"
+
+// Rollout statuses.
+const (
+	StatusFanningOut = "fanning_out"
+	StatusRunning    = "running"
+	StatusDone       = "done"
+	StatusCanceled   = "canceled"
+)
+
+// Modes.
+const (
+	ModeApply  = "apply"
+	ModeEnsure = "ensure"
+	ModeDryRun = "dry_run"
+)
+
+// Spec is a rollout as requested.
+type Spec struct {
+	Name      string       `json:"name"`
+	Action    tasks.Action `json:"action"`
+	Domains   []string     `json:"domains"`
+	Publish   bool         `json:"publish"`
+	Platforms []string     `json:"-"`
+	All       bool         `json:"-"`
+	Ensure    bool         `json:"ensure"`
+	DryRun    bool         `json:"dry_run"`
+}
+
+// Counts are the platforms per status.
+type Counts struct {
+	Queued    int `json:"queued"`
+	Running   int `json:"running"`
+	Retrying  int `json:"retrying"`
+	Succeeded int `json:"succeeded"`
+	Partial   int `json:"partial"`
+	Failed    int `json:"failed"`
+	Canceled  int `json:"canceled"`
+}
+
+// Rollout is a rollout's state, as the API and the CLI show it.
+type Rollout struct {
+	ID         string       `json:"rollout_id"`
+	Name       string       `json:"name"`
+	Action     tasks.Action `json:"action"`
+	Domains    []string     `json:"domains"`
+	Publish    bool         `json:"publish"`
+	Mode       string       `json:"mode"`
+	Status     string       `json:"status"`
+	Total      int          `json:"total"`
+	Attempt    int          `json:"attempt"`
+	Counts     Counts       `json:"counts"`
+	CreatedAt  time.Time    `json:"created_at"`
+	FinishedAt *time.Time   `json:"finished_at,omitempty"`
+	// Plan lists what a dry run would call.
+	Plan []tasks.JumpDomainChange `json:"plan,omitempty"`
+}
+
+// ErrNotFound is returned for an unknown rollout id.
+var ErrNotFound = errors.New("rollout not found")
+
+// Config configures a Service.
+type Config struct {
+	Prefix    string
+	BulkQueue string // rollout changes; default tasks.QueueBulk
+	Queue     string // the fan-out task; default tasks.QueueDefault
+	// Platforms lists the configured platforms (for "all").
+	Platforms []string
+	Rules     tasks.Rules
+	// BatchSize is how many tasks a fan-out step enqueues; default 500.
+	BatchSize int
+}
+
+// Service manages rollouts.
+type Service struct {
+	rdb     redis.UniversalClient
+	client  *tasks.Client
+	asynq   *asynq.Client
+	cfg     Config
+	now     func() time.Time
+	fanning func(id string, attempt, done, total int) // test hook
+}
+
+// New returns the rollout service over a tasks client on the same Redis.
+func New(rdb redis.UniversalClient, client *tasks.Client, cfg Config) *Service {
+	if cfg.BulkQueue == "" {
+		cfg.BulkQueue = tasks.QueueBulk
+	}
+	if cfg.Queue == "" {
+		cfg.Queue = tasks.QueueDefault
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 500
+	}
+	return &Service{rdb: rdb, client: client, asynq: asynq.NewClientFromRedisClient(rdb), cfg: cfg, now: time.Now}
+}
+
+func (s *Service) key(id string) string       { return tasks.RolloutKey(s.cfg.Prefix, id) }
+func (s *Service) stateKey(id string) string  { return tasks.RolloutStateKey(s.cfg.Prefix, id) }
+func (s *Service) countsKey(id string) string { return tasks.RolloutCountsKey(s.cfg.Prefix, id) }
+func (s *Service) indexKey() string           { return s.cfg.Prefix + "rollouts" }
+func (s *Service) listKey(id string, a int) string {
+	return s.key(id) + ":platforms:" + strconv.Itoa(a)
+}
+func (s *Service) cursorKey(id string, a int) string {
+	return s.key(id) + ":fanned:" + strconv.Itoa(a)
+}
+
+// TaskID is the id of a rollout's change for one platform in one attempt.
+func TaskID(id string, attempt int, appid string) string {
+	return "r_" + id + "_" + strconv.Itoa(attempt) + "_" + appid
+}
+
+// Create validates and records a rollout and queues its fan-out; it
+// returns at once. A dry run records nothing and returns the plan.
+func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
+	platforms := spec.Platforms
+	if spec.All {
+		if len(platforms) > 0 {
+			return nil, errors.New("give a list of platforms or all, not both")
+		}
+		platforms = s.cfg.Platforms
+	}
+	platforms = dedupe(platforms)
+	if len(platforms) == 0 {
+		return nil, &tasks.ValidationError{Problems: []tasks.Problem{{Code: "missing_platforms", Field: "platforms", Reason: "list at least one platform, or all"}}}
+	}
+	// Validate the change once, then every platform against the rules.
+	change := tasks.JumpDomainChange{Platform: platforms[0], Action: spec.Action, Domains: spec.Domains, Publish: spec.Publish, Ensure: spec.Ensure}
+	if err := change.ValidateWith(s.cfg.Rules); err != nil {
+		return nil, err
+	}
+	var unknown []tasks.Problem
+	for _, p := range platforms {
+		c := tasks.JumpDomainChange{Platform: p, Action: tasks.ActionGet}
+		var ve *tasks.ValidationError
+		if err := c.ValidateWith(s.cfg.Rules); errors.As(err, &ve) {
+			unknown = append(unknown, ve.Problems...)
+		}
+	}
+	if len(unknown) > 0 {
+		return nil, &tasks.ValidationError{Problems: unknown}
+	}
+	r := &Rollout{
+		ID: newID(), Name: spec.Name, Action: change.Action, Domains: change.Domains, Publish: spec.Publish,
+		Mode: ModeApply, Status: StatusFanningOut, Total: len(platforms), CreatedAt: s.now().UTC(),
+	}
+	if r.Domains == nil {
+		r.Domains = []string{}
+	}
+	if spec.Ensure {
+		r.Mode = ModeEnsure
+	}
+	if spec.DryRun {
+		r.Mode, r.Status = ModeDryRun, StatusDone
+		for _, p := range platforms {
+			c := change
+			c.Platform = p
+			r.Plan = append(r.Plan, c)
+		}
+		r.Counts.Queued = 0
+		return r, nil
+	}
+	domains, _ := json.Marshal(r.Domains)
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, s.key(r.ID), map[string]any{
+			"name": r.Name, "action": string(r.Action), "domains": string(domains), "publish": strconv.FormatBool(r.Publish),
+			"mode": r.Mode, "status": r.Status, "total": r.Total, "attempt": 0, "created_at": r.CreatedAt.Format(time.RFC3339Nano),
+		})
+		for _, chunk := range chunks(platforms, 1000) {
+			args := make([]any, len(chunk))
+			fields := make(map[string]any, len(chunk))
+			for i, a := range chunk {
+				args[i] = a
+				fields[a] = string(tasks.StatusQueued)
+			}
+			p.RPush(ctx, s.listKey(r.ID, 0), args...)
+			p.HSet(ctx, s.stateKey(r.ID), fields)
+		}
+		p.HSet(ctx, s.countsKey(r.ID), string(tasks.StatusQueued), r.Total)
+		p.ZAdd(ctx, s.indexKey(), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.ID})
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record rollout: %w", err)
+	}
+	r.Counts.Queued = r.Total
+	if err := s.queueFanout(ctx, r.ID, 0); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+type fanoutPayload struct {
+	RolloutID string `json:"rollout_id"`
+	Attempt   int    `json:"attempt"`
+}
+
+func (s *Service) queueFanout(ctx context.Context, id string, attempt int) error {
+	b, _ := json.Marshal(fanoutPayload{RolloutID: id, Attempt: attempt})
+	t := asynq.NewTask(TypeFanout, b, asynq.Queue(s.cfg.Queue), asynq.TaskID("fanout_"+id+"_"+strconv.Itoa(attempt)),
+		asynq.MaxRetry(1000), asynq.Timeout(30*time.Minute))
+	if _, err := s.asynq.EnqueueContext(ctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return fmt.Errorf("queue the fan-out of rollout %s: %w", id, err)
+	}
+	return nil
+}
+
+// ProcessTask runs a fan-out task: it enqueues the attempt's changes from
+// where an earlier run stopped, batch by batch, until all are queued or the
+// rollout is canceled. Running it again never queues a change twice.
+func (s *Service) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	var p fanoutPayload
+	if err := json.Unmarshal(t.Payload(), &p); err != nil {
+		return fmt.Errorf("decode fan-out: %v: %w", err, asynq.SkipRetry)
+	}
+	r, err := s.Get(ctx, p.RolloutID)
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("rollout %s is gone: %w", p.RolloutID, asynq.SkipRetry)
+	}
+	if err != nil {
+		return err
+	}
+	change := tasks.JumpDomainChange{Action: r.Action, Domains: r.Domains, Publish: r.Publish, RolloutID: r.ID, Ensure: r.Mode == ModeEnsure}
+	total, err := s.rdb.LLen(ctx, s.listKey(r.ID, p.Attempt)).Result()
+	if err != nil {
+		return err
+	}
+	for {
+		status, err := s.rdb.HGet(ctx, s.key(r.ID), "status").Result()
+		if err != nil {
+			return err
+		}
+		if status == StatusCanceled {
+			return s.cancelUnqueued(ctx, r.ID, p.Attempt)
+		}
+		done, err := s.rdb.Get(ctx, s.cursorKey(r.ID, p.Attempt)).Int64()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		if done >= total {
+			break
+		}
+		batch, err := s.rdb.LRange(ctx, s.listKey(r.ID, p.Attempt), done, done+int64(s.cfg.BatchSize)-1).Result()
+		if err != nil {
+			return err
+		}
+		for _, appid := range batch {
+			c := change
+			c.Platform = appid
+			if _, err := s.client.Enqueue(ctx, c, tasks.EnqueueOptions{TaskID: TaskID(r.ID, p.Attempt, appid), Queue: s.cfg.BulkQueue}); err != nil {
+				return err
+			}
+		}
+		if err := s.rdb.Set(ctx, s.cursorKey(r.ID, p.Attempt), done+int64(len(batch)), 0).Err(); err != nil {
+			return err
+		}
+		if s.fanning != nil {
+			s.fanning(r.ID, p.Attempt, int(done)+len(batch), int(total))
+		}
+	}
+	// Changes may all have finished while the last batch was queued.
+	return fannedOut.Run(ctx, s.rdb, []string{s.key(r.ID)}).Err()
+}
+
+// fannedOut: a fanning-out rollout becomes running, or done if its
+// platforms all finished meanwhile.
+var fannedOut = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'status') ~= 'fanning_out' then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then
+  redis.call('HSET', KEYS[1], 'status', 'done')
+else
+  redis.call('HSET', KEYS[1], 'status', 'running')
+end
+return 1`)
+
+// cancelUnqueued records as canceled the platforms a canceled fan-out
+// never queued.
+func (s *Service) cancelUnqueued(ctx context.Context, id string, attempt int) error {
+	done, err := s.rdb.Get(ctx, s.cursorKey(id, attempt)).Int64()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return err
+	}
+	rest, err := s.rdb.LRange(ctx, s.listKey(id, attempt), done, -1).Result()
+	if err != nil {
+		return err
+	}
+	for _, appid := range rest {
+		if err := tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, id, appid, tasks.StatusCanceled); err != nil {
+			return err
+		}
+	}
+	return s.rdb.Set(ctx, s.cursorKey(id, attempt), done+int64(len(rest)), 0).Err()
+}
+
+// Get reads a rollout.
+func (s *Service) Get(ctx context.Context, id string) (*Rollout, error) {
+	var h, c map[string]string
+	cmds, perr := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HGetAll(ctx, s.key(id))
+		p.HGetAll(ctx, s.countsKey(id))
+		return nil
+	})
+	if perr != nil {
+		return nil, fmt.Errorf("read rollout %s: %w", id, perr)
+	}
+	h = cmds[0].(*redis.MapStringStringCmd).Val()
+	c = cmds[1].(*redis.MapStringStringCmd).Val()
+	if len(h) == 0 {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	r := &Rollout{ID: id, Name: h["name"], Action: tasks.Action(h["action"]), Mode: h["mode"], Status: h["status"]}
+	_ = json.Unmarshal([]byte(h["domains"]), &r.Domains)
+	r.Publish, _ = strconv.ParseBool(h["publish"])
+	r.Total, _ = strconv.Atoi(h["total"])
+	r.Attempt, _ = strconv.Atoi(h["attempt"])
+	r.CreatedAt, _ = time.Parse(time.RFC3339Nano, h["created_at"])
+	if f, err := time.Parse(time.RFC3339Nano, h["finished_at"]); err == nil {
+		r.FinishedAt = &f
+	}
+	n := func(k tasks.Status) int { v, _ := strconv.Atoi(c[string(k)]); return v }
+	r.Counts = Counts{
+		Queued: n(tasks.StatusQueued), Running: n(tasks.StatusRunning), Retrying: n(tasks.StatusRetrying),
+		Succeeded: n(tasks.StatusSucceeded), Partial: n(tasks.StatusPartial), Failed: n(tasks.StatusFailed), Canceled: n(tasks.StatusCanceled),
+	}
+	return r, nil
+}
+
+// List returns the most recent rollouts first.
+func (s *Service) List(ctx context.Context, limit int) ([]*Rollout, error) {
+	ids, err := s.rdb.ZRevRange(ctx, s.indexKey(), 0, int64(limit)-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list rollouts: %w", err)
+	}
+	out := make([]*Rollout, 0, len(ids))
+	for _, id := range ids {
+		r, err := s.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Outcome is one platform's part in a rollout.
+type Outcome struct {
+	Platform string       `json:"platform"`
+	Status   tasks.Status `json:"status"`
+	TaskID   string       `json:"task_id"`
+	ErrCode  *int         `json:"errcode,omitempty"`
+	ErrMsg   string       `json:"errmsg,omitempty"`
+	Error    string       `json:"error,omitempty"`
+	Note     string       `json:"note,omitempty"`
+}
+
+// Tasks pages through a rollout's platforms, optionally of one status;
+// pass the returned cursor back for the next page ("" when done).
+func (s *Service) Tasks(ctx context.Context, id string, status tasks.Status, cursor string, count int) ([]Outcome, string, error) {
+	r, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, "", err
+	}
+	cur, _ := strconv.ParseUint(cursor, 10, 64)
+	var out []Outcome
+	for {
+		kv, next, err := s.rdb.HScan(ctx, s.stateKey(id), cur, "*", int64(count)).Result()
+		if err != nil {
+			return nil, "", fmt.Errorf("list rollout %s: %w", id, err)
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			st := tasks.Status(kv[i+1])
+			if status != "" && st != status {
+				continue
+			}
+			o := Outcome{Platform: kv[i], Status: st, TaskID: TaskID(id, r.Attempt, kv[i])}
+			if rec, err := s.client.Get(ctx, o.TaskID); err == nil {
+				o.ErrCode, o.ErrMsg, o.Error, o.Note = rec.ErrCode, rec.ErrMsg, rec.Error, rec.Note
+			} else if r.Attempt > 0 {
+				// Not retried in this attempt: the outcome is from an earlier one.
+				for a := r.Attempt - 1; a >= 0; a-- {
+					if rec, err := s.client.Get(ctx, TaskID(id, a, kv[i])); err == nil {
+						o.TaskID, o.ErrCode, o.ErrMsg, o.Error, o.Note = rec.TaskID, rec.ErrCode, rec.ErrMsg, rec.Error, rec.Note
+						break
+					}
+				}
+			}
+			out = append(out, o)
+		}
+		cur = next
+		if cur == 0 {
+			return out, "", nil
+		}
+		if len(out) >= count {
+			return out, strconv.FormatUint(cur, 10), nil
+		}
+	}
+}
+
+// Cancel stops what has not run: the fan-out stops, queued and retrying
+// changes are canceled; running ones finish.
+func (s *Service) Cancel(ctx context.Context, id string) (*Rollout, error) {
+	r, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.FinishedAt != nil {
+		return r, nil
+	}
+	if err := s.rdb.HSet(ctx, s.key(id), "status", StatusCanceled).Err(); err != nil {
+		return nil, err
+	}
+	var cur uint64
+	for {
+		kv, next, err := s.rdb.HScan(ctx, s.stateKey(id), cur, "*", 500).Result()
+		if err != nil {
+			return nil, err
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			st := tasks.Status(kv[i+1])
+			if st != tasks.StatusQueued && st != tasks.StatusRetrying {
+				continue
+			}
+			_, err := s.client.Cancel(ctx, TaskID(id, r.Attempt, kv[i]))
+			switch {
+			case errors.Is(err, tasks.ErrTaskNotFound):
+				// Not fanned out yet: the fan-out records it when it stops.
+			case err != nil && !errors.Is(err, tasks.ErrFinal):
+				return nil, err
+			}
+		}
+		if cur = next; cur == 0 {
+			break
+		}
+	}
+	// If the fan-out already finished, nothing else will record the rest.
+	if err := s.cancelUnqueued(ctx, id, r.Attempt); err != nil {
+		return nil, err
+	}
+	return s.Get(ctx, id)
+}
+
+// Retry re-enqueues only the failed and canceled platforms, as a new
+// attempt of the same rollout.
+func (s *Service) Retry(ctx context.Context, id string) (*Rollout, error) {
+	r, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	state, err := s.rdb.HGetAll(ctx, s.stateKey(id)).Result()
+	if err != nil {
+		return nil, err
+	}
+	var again []string
+	for appid, st := range state {
+		if st == string(tasks.StatusFailed) || st == string(tasks.StatusCanceled) {
+			again = append(again, appid)
+		}
+	}
+	if len(again) == 0 {
+		return r, nil
+	}
+	slices.Sort(again)
+	attempt := r.Attempt + 1
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, chunk := range chunks(again, 1000) {
+			args := make([]any, len(chunk))
+			for i, a := range chunk {
+				args[i] = a
+			}
+			p.RPush(ctx, s.listKey(id, attempt), args...)
+		}
+		p.HSet(ctx, s.key(id), "attempt", attempt, "status", StatusFanningOut)
+		p.HDel(ctx, s.key(id), "finished_at")
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, appid := range again {
+		if err := tasks.ResetRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, id, appid); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.queueFanout(ctx, id, attempt); err != nil {
+		return nil, err
+	}
+	return s.Get(ctx, id)
+}
+
+// Close releases the asynq client.
+func (s *Service) Close() error { return s.asynq.Close() }
+
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func dedupe(xs []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range xs {
+		if x != "" && !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func chunks(xs []string, n int) [][]string {
+	var out [][]string
+	for len(xs) > n {
+		out = append(out, xs[:n])
+		xs = xs[n:]
+	}
+	if len(xs) > 0 {
+		out = append(out, xs)
+	}
+	return out
+}

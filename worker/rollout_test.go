@@ -1,0 +1,205 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wxdomain/wxdomain/internal/redistest"
+	"github.com/wxdomain/wxdomain/internal/rollout"
+	"github.com/wxdomain/wxdomain/internal/wechattest"
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+func manyPlatforms(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("wxr%015d", i)
+	}
+	return out
+}
+
+// setupRollouts runs workers that also fan rollouts out.
+func setupRollouts(t *testing.T, platforms []string, o setupOpts) (*testBundle, *rollout.Service) {
+	t.Helper()
+	o.platforms, o.noWorker = platforms, true
+	b := setup(t, redistest.Real, o)
+	svc := rollout.New(b.redis.Client, b.client, rollout.Config{
+		Prefix: b.redis.Prefix, Queue: b.redis.Queue, BulkQueue: b.redis.Queue + "_bulk", Platforms: platforms, BatchSize: 50,
+		Rules: tasks.Rules{KnownPlatform: func(a string) bool { _, ok := b.secrets(a); return ok }},
+	})
+	t.Cleanup(func() { _ = svc.Close() })
+	b.opts.handlers = map[string]asynq.Handler{rollout.TypeFanout: svc}
+	for i := 0; i < max(o.workers, 1); i++ {
+		b.startWorker(t)
+	}
+	return b, svc
+}
+
+func waitRollout(t *testing.T, svc *rollout.Service, id string) *rollout.Rollout {
+	t.Helper()
+	var r *rollout.Rollout
+	require.Eventually(t, func() bool {
+		var err error
+		r, err = svc.Get(context.Background(), id)
+		return err == nil && r.FinishedAt != nil
+	}, 90*time.Second, 50*time.Millisecond)
+	return r
+}
+
+func callsOf(sb *wechattest.Sandbox, appid, action string) int {
+	n := 0
+	for _, c := range sb.Calls() {
+		if c.API == "modify_wxa_jump_domain" && c.AppID == appid && c.Action == action {
+			n++
+		}
+	}
+	return n
+}
+
+func TestRolloutCountsMatchWhatTheSandboxDid(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	platforms := manyPlatforms(200)
+	b, svc := setupRollouts(t, platforms, setupOpts{workers: 2, concurrency: 10, maxAttempts: 12})
+	wantFailed := map[string]bool{}
+	for i, app := range platforms {
+		switch {
+		case i%5 == 0: // never released: publishing fails with 61028
+			b.sandbox.PutPlatform(wechattest.Platform{AppID: app, Secret: "secret-" + app})
+			wantFailed[app] = true
+		case i%7 == 0: // at the domain limit: 65316
+			full := make([]string, wechattest.DefaultMaxDomains)
+			for j := range full {
+				full[j] = fmt.Sprintf("f%d.example.com", j)
+			}
+			b.sandbox.PutPlatform(wechattest.Platform{AppID: app, Secret: "secret-" + app, Released: true, Testing: full, Published: full})
+			wantFailed[app] = true
+		case i%3 == 0: // busy half the time: retried until it succeeds
+			b.sandbox.SetFaults(app, wechattest.Faults{BusyRate: 0.5})
+		}
+	}
+	r, err := svc.Create(ctx, rollout.Spec{Name: "add shop", Action: tasks.ActionAdd, Domains: []string{"shop.example.com"}, Publish: true, All: true})
+	require.NoError(t, err)
+	assert.Equal(t, 200, r.Total)
+	r = waitRollout(t, svc, r.ID)
+
+	assert.Equal(t, rollout.StatusDone, r.Status)
+	assert.Equal(t, rollout.Counts{Succeeded: 200 - len(wantFailed), Failed: len(wantFailed)}, r.Counts, "exact counts despite retries")
+	// The sandbox agrees platform by platform.
+	for _, app := range platforms {
+		p, _ := b.sandbox.Platform(app)
+		assert.Equal(t, !wantFailed[app], containsDomain(p.Testing, "shop.example.com"), app)
+	}
+	failed, cursor, err := svc.Tasks(ctx, r.ID, tasks.StatusFailed, "", 1000)
+	require.NoError(t, err)
+	assert.Empty(t, cursor)
+	assert.Len(t, failed, len(wantFailed))
+	for _, o := range failed {
+		assert.True(t, wantFailed[o.Platform], o.Platform)
+		require.NotNil(t, o.ErrCode)
+		assert.Contains(t, []int{61028, 65316}, *o.ErrCode)
+		assert.NotEmpty(t, o.Error)
+	}
+
+	// Retry touches only the failed ones: release the unreleased platforms.
+	before := map[string]int{}
+	for _, app := range platforms {
+		before[app] = callsOf(b.sandbox, app, "add")
+		if wantFailed[app] {
+			p, _ := b.sandbox.Platform(app)
+			if !p.Released {
+				p.Released = true
+				b.sandbox.PutPlatform(p)
+			}
+		}
+	}
+	r, err = svc.Retry(ctx, r.ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, r.Attempt)
+	r = waitRollout(t, svc, r.ID)
+	atLimit := 0
+	for i, app := range platforms {
+		if wantFailed[app] {
+			assert.Greater(t, callsOf(b.sandbox, app, "add"), before[app], "%s retried", app)
+			if i%5 != 0 {
+				atLimit++
+			}
+		} else {
+			assert.Equal(t, before[app], callsOf(b.sandbox, app, "add"), "%s not touched again", app)
+		}
+	}
+	assert.Equal(t, rollout.Counts{Succeeded: 200 - atLimit, Failed: atLimit}, r.Counts)
+}
+
+func containsDomain(list []string, d string) bool {
+	for _, x := range list {
+		if x == d {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRolloutCancelLeavesNothingRunningLater(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	platforms := manyPlatforms(100)
+	b, svc := setupRollouts(t, platforms, setupOpts{workers: 1, concurrency: 4})
+	b.sandbox.SetLatency(100 * time.Millisecond)
+	r, err := svc.Create(ctx, rollout.Spec{Name: "slow", Action: tasks.ActionAdd, Domains: []string{"a.example.com"}, All: true})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		got, err := svc.Get(ctx, r.ID)
+		return err == nil && got.Counts.Succeeded >= 8
+	}, 30*time.Second, 20*time.Millisecond)
+	r, err = svc.Cancel(ctx, r.ID)
+	require.NoError(t, err)
+	assert.Equal(t, rollout.StatusCanceled, r.Status)
+	r = waitRollout(t, svc, r.ID)
+	calls := len(b.sandbox.Calls())
+	time.Sleep(1500 * time.Millisecond)
+	assert.Equal(t, calls, len(b.sandbox.Calls()), "no call after the running changes finished")
+	assert.Equal(t, 100, r.Counts.Succeeded+r.Counts.Canceled, "%+v", r.Counts)
+	assert.Greater(t, r.Counts.Canceled, 50)
+	assert.Zero(t, r.Counts.Queued+r.Counts.Running+r.Counts.Retrying)
+}
+
+func TestRolloutEnsureCallsNothingWhereNothingIsToDo(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	platforms := manyPlatforms(20)
+	b, svc := setupRollouts(t, platforms, setupOpts{workers: 1, concurrency: 4})
+	for i, app := range platforms {
+		if i%2 == 0 {
+			b.sandbox.PutPlatform(wechattest.Platform{AppID: app, Secret: "secret-" + app, Released: true, Testing: []string{"x.example.com"}})
+		}
+	}
+	dry, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"x.example.com"}, Platforms: platforms, Ensure: true, DryRun: true})
+	require.NoError(t, err)
+	assert.Len(t, dry.Plan, 20)
+	assert.Empty(t, b.sandbox.Calls(), "a dry run calls nothing")
+
+	r, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"x.example.com"}, Platforms: platforms, Ensure: true})
+	require.NoError(t, err)
+	r = waitRollout(t, svc, r.ID)
+	assert.Equal(t, 20, r.Counts.Succeeded)
+	for i, app := range platforms {
+		assert.Equal(t, 1, callsOf(b.sandbox, app, "get"), app)
+		assert.Equal(t, map[bool]int{true: 0, false: 1}[i%2 == 0], callsOf(b.sandbox, app, "add"), app)
+	}
+	done, _, err := svc.Tasks(ctx, r.ID, tasks.StatusSucceeded, "", 100)
+	require.NoError(t, err)
+	notes := 0
+	for _, o := range done {
+		if o.Note != "" {
+			notes++
+		}
+	}
+	assert.Equal(t, 10, notes, "the skipped ones say so")
+}

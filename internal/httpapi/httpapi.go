@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/wxdomain/wxdomain/internal/platform"
+	"github.com/wxdomain/wxdomain/internal/rollout"
 	"github.com/wxdomain/wxdomain/internal/wxcrypt"
 	"github.com/wxdomain/wxdomain/tasks"
 )
@@ -44,6 +46,8 @@ type Config struct {
 	// Events returns the crypter of a platform that receives WeChat's
 	// pushes; ok is false for a platform without token and key.
 	Events func(appid string) (c *wxcrypt.Crypter, ok bool)
+	// Rollouts, if set, serves /v1/rollouts.
+	Rollouts *rollout.Service
 	// Monitoring is the asynq web UI, served under /monitoring/ behind the
 	// same tokens (a browser logs in with basic auth, the password a token).
 	Monitoring http.Handler
@@ -83,6 +87,14 @@ func New(cfg Config) http.Handler {
 	mux.Handle("POST /v1/changes/{id}/cancel", a.auth(a.cancelChange))
 	mux.Handle("GET /v1/platforms", a.auth(a.listPlatforms))
 	mux.Handle("PUT /v1/platforms/{appid}/ticket", a.auth(a.putTicket))
+	if cfg.Rollouts != nil {
+		mux.Handle("POST /v1/rollouts", a.auth(a.createRollout))
+		mux.Handle("GET /v1/rollouts", a.auth(a.listRollouts))
+		mux.Handle("GET /v1/rollouts/{id}", a.auth(a.getRollout))
+		mux.Handle("GET /v1/rollouts/{id}/tasks", a.auth(a.rolloutTasks))
+		mux.Handle("POST /v1/rollouts/{id}/cancel", a.auth(a.cancelRollout))
+		mux.Handle("POST /v1/rollouts/{id}/retry", a.auth(a.retryRollout))
+	}
 	mux.Handle("GET /v1/openapi.json", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(OpenAPI)
@@ -372,6 +384,116 @@ func (a *api) wechatEvent(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = io.WriteString(w, "success")
+}
+
+// rolloutRequest is the body of POST /v1/rollouts; platforms is a list of
+// appids or the string "all".
+type rolloutRequest struct {
+	Name      string          `json:"name"`
+	Action    tasks.Action    `json:"action"`
+	Domains   []string        `json:"domains"`
+	Publish   bool            `json:"publish"`
+	Platforms json.RawMessage `json:"platforms"`
+	Ensure    bool            `json:"ensure"`
+	DryRun    bool            `json:"dry_run"`
+}
+
+func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
+	var req rolloutRequest
+	if !a.decodeBody(w, r, func(b io.Reader) error {
+		dec := json.NewDecoder(b)
+		dec.DisallowUnknownFields()
+		return dec.Decode(&req)
+	}) {
+		return
+	}
+	spec := rollout.Spec{Name: req.Name, Action: req.Action, Domains: req.Domains, Publish: req.Publish, Ensure: req.Ensure, DryRun: req.DryRun}
+	var all string
+	if err := json.Unmarshal(req.Platforms, &all); err == nil && all == "all" {
+		spec.All = true
+	} else if err := json.Unmarshal(req.Platforms, &spec.Platforms); err != nil {
+		writeError(w, http.StatusBadRequest, "malformed_json", `platforms must be a list of appids or "all"`, nil)
+		return
+	}
+	ro, err := a.cfg.Rollouts.Create(r.Context(), spec)
+	var ve *tasks.ValidationError
+	switch {
+	case errors.As(err, &ve):
+		writeError(w, http.StatusUnprocessableEntity, ve.Code(), ve.Error(), ve.Problems)
+	case err != nil:
+		a.internal(w, r, err)
+	case ro.Mode == rollout.ModeDryRun:
+		writeJSON(w, http.StatusOK, ro)
+	default:
+		w.Header().Set("Location", "/v1/rollouts/"+ro.ID)
+		writeJSON(w, http.StatusAccepted, ro)
+	}
+}
+
+func (a *api) rolloutResult(w http.ResponseWriter, r *http.Request, ro *rollout.Rollout, err error) {
+	switch {
+	case errors.Is(err, rollout.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", "no rollout with this id", nil)
+	case err != nil:
+		a.internal(w, r, err)
+	default:
+		writeJSON(w, http.StatusOK, ro)
+	}
+}
+
+func (a *api) getRollout(w http.ResponseWriter, r *http.Request) {
+	ro, err := a.cfg.Rollouts.Get(r.Context(), r.PathValue("id"))
+	a.rolloutResult(w, r, ro, err)
+}
+
+func (a *api) cancelRollout(w http.ResponseWriter, r *http.Request) {
+	ro, err := a.cfg.Rollouts.Cancel(r.Context(), r.PathValue("id"))
+	a.rolloutResult(w, r, ro, err)
+}
+
+func (a *api) retryRollout(w http.ResponseWriter, r *http.Request) {
+	ro, err := a.cfg.Rollouts.Retry(r.Context(), r.PathValue("id"))
+	a.rolloutResult(w, r, ro, err)
+}
+
+func (a *api) listRollouts(w http.ResponseWriter, r *http.Request) {
+	limit := queryInt(r, "limit", 20, 200)
+	list, err := a.cfg.Rollouts.List(r.Context(), limit)
+	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"rollouts": list})
+}
+
+func (a *api) rolloutTasks(w http.ResponseWriter, r *http.Request) {
+	status := tasks.Status(r.URL.Query().Get("status"))
+	switch status {
+	case "", tasks.StatusQueued, tasks.StatusRunning, tasks.StatusRetrying, tasks.StatusSucceeded, tasks.StatusPartial, tasks.StatusFailed, tasks.StatusCanceled:
+	default:
+		writeError(w, http.StatusBadRequest, "invalid_status", "status must be one of queued, running, retrying, succeeded, partial, failed, canceled", nil)
+		return
+	}
+	list, next, err := a.cfg.Rollouts.Tasks(r.Context(), r.PathValue("id"), status, r.URL.Query().Get("cursor"), queryInt(r, "limit", 100, 1000))
+	switch {
+	case errors.Is(err, rollout.ErrNotFound):
+		writeError(w, http.StatusNotFound, "not_found", "no rollout with this id", nil)
+	case err != nil:
+		a.internal(w, r, err)
+	default:
+		if list == nil {
+			list = []rollout.Outcome{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"tasks": list, "next_cursor": next})
+	}
+}
+
+func queryInt(r *http.Request, name string, def, maxV int) int {
+	n, err := strconv.Atoi(r.URL.Query().Get(name))
+	if err != nil || n <= 0 {
+		return def
+	}
+	return min(n, maxV)
 }
 
 // internal answers 500 and logs the cause once; the client sees no detail.

@@ -18,6 +18,7 @@ import (
 	"github.com/wxdomain/wxdomain/internal/httpapi"
 	"github.com/wxdomain/wxdomain/internal/platform"
 	"github.com/wxdomain/wxdomain/internal/redistest"
+	"github.com/wxdomain/wxdomain/internal/rollout"
 	"github.com/wxdomain/wxdomain/internal/wxcrypt"
 	"github.com/wxdomain/wxdomain/tasks"
 )
@@ -48,7 +49,11 @@ func setup(t *testing.T) *apiBundle {
 		Platforms: func(context.Context) ([]platform.Status, error) {
 			return []platform.Status{{AppID: app, Rate: 5}}, nil
 		},
-		Ready:   func(ctx context.Context) error { return rb.Client.Ping(ctx).Err() },
+		Ready: func(ctx context.Context) error { return rb.Client.Ping(ctx).Err() },
+		Rollouts: rollout.New(rb.Client, client, rollout.Config{
+			Prefix: rb.Prefix, Queue: rb.Queue, BulkQueue: rb.Queue + "_bulk", Platforms: []string{app},
+			Rules: tasks.Rules{KnownPlatform: known},
+		}),
 		Tokens:  []string{"other-token", token},
 		MaxBody: 4096,
 		Log:     zaptest.NewLogger(t),
@@ -313,7 +318,7 @@ func TestOpenAPIMatchesTheRoutes(t *testing.T) {
 	for path, ops := range doc.Paths {
 		for method := range ops {
 			documented = append(documented, strings.ToUpper(method)+" "+path)
-			concrete := strings.NewReplacer("{task_id}", "0123456789abcdef0123456789abcdef", "{appid}", app).Replace(path)
+			concrete := strings.NewReplacer("{task_id}", "0123456789abcdef0123456789abcdef", "{appid}", app, "{rollout_id}", "0123456789abcdef").Replace(path)
 			req, err := http.NewRequest(strings.ToUpper(method), b.srv.URL+concrete, strings.NewReader("{}"))
 			require.NoError(t, err)
 			req.Header.Set("Authorization", "Bearer "+token)
@@ -329,6 +334,56 @@ func TestOpenAPIMatchesTheRoutes(t *testing.T) {
 	served := []string{
 		"POST /v1/changes", "GET /v1/changes/{task_id}", "POST /v1/changes/{task_id}/cancel",
 		"GET /v1/platforms", "PUT /v1/platforms/{appid}/ticket", "GET /v1/openapi.json",
+		"POST /v1/rollouts", "GET /v1/rollouts", "GET /v1/rollouts/{rollout_id}", "GET /v1/rollouts/{rollout_id}/tasks",
+		"POST /v1/rollouts/{rollout_id}/cancel", "POST /v1/rollouts/{rollout_id}/retry",
 	}
 	assert.ElementsMatch(t, served, documented)
+}
+
+func TestRolloutRoutes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.do(t, http.MethodPost, "/v1/rollouts", `{"name":"n","action":"add","domains":["a.com"],"platforms":"all","dry_run":true}`)
+	require.Equal(t, http.StatusOK, r.status, r.body)
+	assert.Equal(t, "dry_run", r.body["mode"])
+	assert.Len(t, r.body["plan"], 1)
+
+	r = b.do(t, http.MethodPost, "/v1/rollouts", `{"name":"n","action":"add","domains":["a.com"],"platforms":["`+app+`"]}`)
+	require.Equal(t, http.StatusAccepted, r.status, r.body)
+	id := r.body["rollout_id"].(string)
+	assert.Equal(t, "/v1/rollouts/"+id, r.header.Get("Location"))
+	assert.EqualValues(t, 1, r.body["total"])
+	assert.EqualValues(t, 1, r.body["counts"].(map[string]any)["queued"])
+
+	r = b.do(t, http.MethodGet, "/v1/rollouts/"+id, "")
+	assert.Equal(t, http.StatusOK, r.status)
+	r = b.do(t, http.MethodGet, "/v1/rollouts", "")
+	assert.Equal(t, http.StatusOK, r.status)
+	assert.Len(t, r.body["rollouts"], 1)
+	r = b.do(t, http.MethodGet, "/v1/rollouts/"+id+"/tasks?status=queued", "")
+	require.Equal(t, http.StatusOK, r.status)
+	assert.Len(t, r.body["tasks"], 1)
+	r = b.do(t, http.MethodPost, "/v1/rollouts/"+id+"/cancel", "")
+	require.Equal(t, http.StatusOK, r.status)
+	assert.Equal(t, "canceled", r.body["status"])
+	assert.EqualValues(t, 1, r.body["counts"].(map[string]any)["canceled"], "never fanned out here: recorded canceled at once")
+	r = b.do(t, http.MethodPost, "/v1/rollouts/"+id+"/retry", "")
+	require.Equal(t, http.StatusOK, r.status)
+	assert.EqualValues(t, 1, r.body["attempt"])
+
+	for _, tt := range []struct {
+		method, path, body string
+		status             int
+		code               string
+	}{
+		{"POST", "/v1/rollouts", `{"action":"add","domains":["a.com"],"platforms":"some"}`, 400, "malformed_json"},
+		{"POST", "/v1/rollouts", `{"action":"add","domains":["a.com"],"platforms":["wx0"]}`, 422, "unknown_platform"},
+		{"POST", "/v1/rollouts", `{"action":"add","domains":["a.com"],"platforms":[]}`, 422, "missing_platforms"},
+		{"GET", "/v1/rollouts/nope", "", 404, "not_found"},
+		{"GET", "/v1/rollouts/" + id + "/tasks?status=weird", "", 400, "invalid_status"},
+	} {
+		r := b.do(t, tt.method, tt.path, tt.body)
+		assert.Equal(t, tt.status, r.status, tt.path)
+		assert.Equal(t, tt.code, errCode(r), tt.path)
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/metrics"
 	"github.com/wxdomain/wxdomain/internal/pause"
+	"github.com/wxdomain/wxdomain/internal/rollout"
 	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechat"
 	"github.com/wxdomain/wxdomain/tasks"
@@ -65,6 +66,7 @@ func newRootCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra
 		a.cancelCommand(),
 		a.platformsCommand(),
 		a.serveCommand(),
+		a.rolloutCommand(),
 		a.fakeWeChatCommand(),
 		a.devCommand(),
 	)
@@ -187,13 +189,14 @@ func (a *app) producer(ctx context.Context, needPlatforms bool, check func(tasks
 
 // fleet is the worker's wiring from configuration: what `worker` and `dev` share.
 type fleet struct {
-	rdb     redis.UniversalClient
-	handler *worker.Handler
-	tokens  *token.Source
-	tickets *ticket.Store
-	pauses  *pause.Store
-	limiter *limit.Limiter
-	log     *zap.Logger
+	rdb      redis.UniversalClient
+	handler  *worker.Handler
+	tokens   *token.Source
+	tickets  *ticket.Store
+	pauses   *pause.Store
+	limiter  *limit.Limiter
+	rollouts *rollout.Service
+	log      *zap.Logger
 }
 
 func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, m *metrics.Metrics, log *zap.Logger) (*fleet, error) {
@@ -230,7 +233,21 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 		Metrics:    m,
 		MaxDomains: cfg.MaxDomains,
 	}, log)
-	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, log: log}, nil
+	svc, _ := rolloutService(rdb, cfg, platforms)
+	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, rollouts: svc, log: log}, nil
+}
+
+// rolloutService returns the rollout service and the tasks client under it.
+func rolloutService(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms) (*rollout.Service, *tasks.Client) {
+	rules := tasks.Rules{MaxDomains: cfg.MaxDomains, KnownPlatform: platforms.Has}
+	client := tasks.NewClient(rdb, tasks.ClientConfig{Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, Rules: rules})
+	all := make([]string, len(platforms.List))
+	for i, p := range platforms.List {
+		all[i] = p.AppID
+	}
+	return rollout.New(rdb, client, rollout.Config{
+		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, BulkQueue: cfg.BulkQueue, Platforms: all, Rules: rules,
+	}), client
 }
 
 // platformRates resolves each platform's rate: its own, or the defaults.
@@ -260,6 +277,7 @@ func serverConfig(cfg config.Config) worker.ServerConfig {
 // run processes changes until ctx ends; tokens are kept in memory while
 // the fleet's token changes are followed.
 func (f *fleet) run(ctx context.Context, sc worker.ServerConfig) error {
+	sc.Handlers = map[string]asynq.Handler{rollout.TypeFanout: f.rollouts}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	watched := make(chan struct{})

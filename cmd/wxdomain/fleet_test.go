@@ -17,6 +17,8 @@ import (
 
 	"github.com/wxdomain/wxdomain/internal/platform"
 	"github.com/wxdomain/wxdomain/internal/redistest"
+	"github.com/wxdomain/wxdomain/internal/rollout"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"github.com/wxdomain/wxdomain/internal/wechattest"
 	"github.com/wxdomain/wxdomain/tasks"
 )
@@ -238,4 +240,77 @@ func TestServeAPIEndToEnd(t *testing.T) {
 	srv.stop(t)
 	fake.stop(t)
 	assert.NotContains(t, srv.output(), apiToken, "the API token is never logged")
+}
+
+// TestSIGKILLMidRollout: a worker killed with SIGKILL while it runs rollout
+// changes loses nothing and counts nothing twice once the rest of the fleet
+// recovers its tasks (asynq's lease expires after 30s, its recoverer looks
+// every minute, so this test takes up to two minutes).
+func TestSIGKILLMidRollout(t *testing.T) {
+	t.Parallel()
+	const n = 100
+	rb := redistest.Real(t)
+	apps := make([]string, n)
+	yaml := "platforms:\n"
+	for i := range apps {
+		apps[i] = fmt.Sprintf("wxk%015d", i)
+		yaml += "  - {appid: " + apps[i] + ", secret_env: S, rate: 1000}\n"
+	}
+	c := newCLI(t, rb, yaml, "S=s", "WXDOMAIN_RETRY_BASE=100ms", "WXDOMAIN_RETRY_MAX=1s", "WXDOMAIN_POLL_INTERVAL=100ms")
+	fake, upstream := c.startFake("--latency", "300ms")
+	tickets := ticket.NewStore(rb.Client, rb.Prefix)
+	for _, a := range apps {
+		require.NoError(t, tickets.Set(context.Background(), a, "t"))
+	}
+	victim := c.start("worker", "--concurrency", "10")
+	waitFor(t, victim, regexp.MustCompile(`worker started`))
+
+	out, errOut, err := c.run("rollout", "create", "--name", "kill test", "--action", "add", "--domains", "k.example.com", "--all", "--json")
+	require.NoError(t, err, errOut)
+	var r rollout.Rollout
+	require.NoError(t, json.Unmarshal([]byte(out), &r))
+	status := func() rollout.Rollout {
+		out, errOut, err := c.run("rollout", "status", r.ID, "--json")
+		require.NoError(t, err, errOut)
+		var got rollout.Rollout
+		require.NoError(t, json.Unmarshal([]byte(out), &got))
+		return got
+	}
+	require.Eventually(t, func() bool {
+		s := status()
+		return s.Counts.Running >= 5 && s.Counts.Succeeded >= 5
+	}, 30*time.Second, 100*time.Millisecond)
+	require.NoError(t, victim.cmd.Process.Kill()) // SIGKILL, mid-call
+	_ = victim.cmd.Wait()
+
+	survivor := c.start("worker", "--concurrency", "10")
+	waitFor(t, survivor, regexp.MustCompile(`worker started`))
+	var final rollout.Rollout
+	require.Eventually(t, func() bool {
+		final = status()
+		return final.FinishedAt != nil
+	}, 150*time.Second, 500*time.Millisecond)
+	assert.Equal(t, rollout.StatusDone, final.Status)
+	assert.Equal(t, rollout.Counts{Succeeded: n}, final.Counts, "nothing lost, nothing counted twice")
+
+	resp, err := http.Get(upstream + "/sandbox/calls")
+	require.NoError(t, err)
+	var calls []wechattest.Call
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&calls))
+	_ = resp.Body.Close()
+	perApp := map[string]int{}
+	for _, call := range calls {
+		if call.API == "modify_wxa_jump_domain" {
+			perApp[call.AppID]++
+		}
+	}
+	extra := 0
+	for _, a := range apps {
+		require.GreaterOrEqual(t, perApp[a], 1, a)
+		extra += perApp[a] - 1
+	}
+	t.Logf("%d platforms, 0 lost, %d repeated calls (tasks running at the kill)", n, extra)
+	assert.LessOrEqual(t, extra, 10, "only tasks that were running at the kill run again")
+	survivor.stop(t)
+	fake.stop(t)
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/wxdomain/wxdomain/internal/httpapi"
 	"github.com/wxdomain/wxdomain/internal/monitor"
 	"github.com/wxdomain/wxdomain/internal/wxcrypt"
-	"github.com/wxdomain/wxdomain/tasks"
 )
 
 func (a *app) serveCommand() *cobra.Command {
@@ -127,12 +126,10 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 	if err != nil {
 		return nil, err
 	}
-	client := tasks.NewClient(rdb, tasks.ClientConfig{
-		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL,
-		Rules: tasks.Rules{MaxDomains: cfg.MaxDomains, KnownPlatform: platforms.Has},
-	})
+	rollouts, client := rolloutService(rdb, cfg, platforms)
 	return httpapi.New(httpapi.Config{
 		Client:        client,
+		Rollouts:      rollouts,
 		Platforms:     platformReporter(rdb, cfg, platforms),
 		KnownPlatform: platforms.Has,
 		Events:        events,

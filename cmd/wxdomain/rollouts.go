@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wxdomain/wxdomain/internal/rollout"
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+// rolloutsConn is a rollout service with its connections.
+type rolloutsConn struct {
+	svc   *rollout.Service
+	close func()
+}
+
+func (a *app) rollouts(ctx context.Context) (*rolloutsConn, error) {
+	cfg, platforms, err := a.configAndPlatforms()
+	if err != nil {
+		return nil, err
+	}
+	rdb, err := openRedis(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	svc, client := rolloutService(rdb, cfg, platforms)
+	return &rolloutsConn{svc: svc, close: func() {
+		_ = svc.Close()
+		_ = client.Close()
+		_ = rdb.Close()
+	}}, nil
+}
+
+func (a *app) rolloutCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{Use: "rollout", Short: "Apply one change across many platforms and follow it"}
+	cmd.PersistentFlags().BoolVar(&asJSON, "json", false, "print JSON")
+	print := func(r *rollout.Rollout) error {
+		if asJSON {
+			return a.printJSON(r)
+		}
+		printRollout(a.stdout, r)
+		return nil
+	}
+	withRollouts := func(run func(ctx context.Context, c *rolloutsConn, args []string) error) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, args []string) error {
+			c, err := a.rollouts(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.close()
+			return run(cmd.Context(), c, args)
+		}
+	}
+
+	var (
+		spec            rollout.Spec
+		action, domains string
+		platforms       string
+		wait            bool
+	)
+	create := &cobra.Command{
+		Use:   "create --action add --domains a.com --platforms wx1,wx2|--all [--publish] [--ensure] [--dry-run] [--wait]",
+		Short: "Create a rollout; it fans out in the background",
+		Args:  cobra.NoArgs,
+		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, _ []string) error {
+			spec.Action = tasks.Action(action)
+			spec.Domains = splitList(domains)
+			spec.Platforms = splitList(platforms)
+			r, err := c.svc.Create(ctx, spec)
+			if err != nil {
+				return describe(err)
+			}
+			if !wait || r.Mode == rollout.ModeDryRun {
+				return print(r)
+			}
+			return a.watchRollout(ctx, c.svc, r.ID, asJSON)
+		}),
+	}
+	f := create.Flags()
+	f.StringVar(&spec.Name, "name", "", "a name to recognise the rollout by")
+	f.StringVar(&action, "action", "", "set, add or delete (required)")
+	f.StringVar(&domains, "domains", "", "comma-separated host names")
+	f.StringVar(&platforms, "platforms", "", "comma-separated appids")
+	f.BoolVar(&spec.All, "all", false, "every platform in the platforms file")
+	f.BoolVar(&spec.Publish, "publish", false, "also change the published configuration")
+	f.BoolVar(&spec.Ensure, "ensure", false, "read each platform's list first and call only for the difference")
+	f.BoolVar(&spec.DryRun, "dry-run", false, "validate and show what would be called; call nothing")
+	f.BoolVar(&wait, "wait", false, "follow the rollout until it is done")
+	_ = create.MarkFlagRequired("action")
+
+	var watch bool
+	status := &cobra.Command{
+		Use:   "status ROLLOUT_ID [--watch]",
+		Short: "Show a rollout's progress; --watch follows it (a progress bar on a terminal)",
+		Args:  cobra.ExactArgs(1),
+		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
+			if watch {
+				return a.watchRollout(ctx, c.svc, args[0], asJSON)
+			}
+			r, err := c.svc.Get(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return print(r)
+		}),
+	}
+	status.Flags().BoolVar(&watch, "watch", false, "follow until the rollout is done")
+
+	list := &cobra.Command{
+		Use: "list", Short: "Recent rollouts, newest first", Args: cobra.NoArgs,
+		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, _ []string) error {
+			rs, err := c.svc.List(ctx, 50)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return a.printJSON(rs)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ROLLOUT\tNAME\tACTION\tSTATUS\tDONE\tFAILED\tCREATED")
+			for _, r := range rs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d/%d\t%d\t%s\n", r.ID, r.Name, r.Action, r.Status, finished(r), r.Total, r.Counts.Failed, r.CreatedAt.Local().Format(time.DateTime))
+			}
+			return tw.Flush()
+		}),
+	}
+	cancel := &cobra.Command{
+		Use: "cancel ROLLOUT_ID", Short: "Stop what has not run; running changes finish", Args: cobra.ExactArgs(1),
+		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
+			r, err := c.svc.Cancel(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return print(r)
+		}),
+	}
+	retry := &cobra.Command{
+		Use: "retry ROLLOUT_ID", Short: "Run the failed and canceled platforms again, as a new attempt", Args: cobra.ExactArgs(1),
+		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
+			r, err := c.svc.Retry(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return print(r)
+		}),
+	}
+	var asCSV bool
+	failures := &cobra.Command{
+		Use: "failures ROLLOUT_ID [--csv]", Short: "The failed platforms with errcode and reason", Args: cobra.ExactArgs(1),
+		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
+			var all []rollout.Outcome
+			cursor := ""
+			for {
+				page, next, err := c.svc.Tasks(ctx, args[0], tasks.StatusFailed, cursor, 1000)
+				if err != nil {
+					return err
+				}
+				all = append(all, page...)
+				if cursor = next; cursor == "" {
+					break
+				}
+			}
+			switch {
+			case asJSON:
+				return a.printJSON(all)
+			case asCSV:
+				w := csv.NewWriter(a.stdout)
+				_ = w.Write([]string{"platform", "errcode", "errmsg", "reason", "task_id"})
+				for _, o := range all {
+					_ = w.Write([]string{o.Platform, code(o.ErrCode), o.ErrMsg, o.Error, o.TaskID})
+				}
+				w.Flush()
+				return w.Error()
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "PLATFORM\tERRCODE\tREASON")
+			for _, o := range all {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", o.Platform, code(o.ErrCode), o.Error)
+			}
+			return tw.Flush()
+		}),
+	}
+	failures.Flags().BoolVar(&asCSV, "csv", false, "print CSV")
+	cmd.AddCommand(create, status, list, cancel, retry, failures)
+	return cmd
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func code(c *int) string {
+	if c == nil {
+		return "-"
+	}
+	return strconv.Itoa(*c)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, x := range strings.Split(s, ",") {
+		if x = strings.TrimSpace(x); x != "" {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func finished(r *rollout.Rollout) int {
+	c := r.Counts
+	return c.Succeeded + c.Partial + c.Failed + c.Canceled
+}
+
+func printRollout(w io.Writer, r *rollout.Rollout) {
+	fmt.Fprintf(w, "rollout %s (%s): %s %s, %s, %s\n", r.ID, r.Name, r.Action, strings.Join(r.Domains, ","), r.Mode, r.Status)
+	if r.Mode == rollout.ModeDryRun {
+		for _, c := range r.Plan {
+			fmt.Fprintf(w, "  would call %s %s on %s\n", c.Action, strings.Join(c.Domains, ","), c.Platform)
+		}
+		return
+	}
+	fmt.Fprintln(w, "  "+countsLine(r))
+}
+
+func countsLine(r *rollout.Rollout) string {
+	c := r.Counts
+	return fmt.Sprintf("%d/%d done: succeeded %d, partial %d, failed %d, canceled %d; queued %d, running %d, retrying %d",
+		finished(r), r.Total, c.Succeeded, c.Partial, c.Failed, c.Canceled, c.Queued, c.Running, c.Retrying)
+}
+
+// watchRollout follows a rollout until it is done: a live bar on a
+// terminal, a line per change otherwise, JSON lines with --json.
+func (a *app) watchRollout(ctx context.Context, svc *rollout.Service, id string, asJSON bool) error {
+	tty := false
+	if f, ok := a.stdout.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			tty = true
+		}
+	}
+	last := ""
+	for {
+		r, err := svc.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		line := countsLine(r)
+		switch {
+		case asJSON && line != last:
+			b, _ := json.Marshal(r)
+			fmt.Fprintln(a.stdout, string(b))
+		case tty:
+			fmt.Fprintf(a.stdout, "\r%s %s   ", bar(finished(r), r.Total, 30), line)
+		case line != last:
+			fmt.Fprintf(a.stdout, "%s %s\n", time.Now().Format(time.TimeOnly), line)
+		}
+		last = line
+		if r.FinishedAt != nil {
+			if tty && !asJSON {
+				fmt.Fprintf(a.stdout, "\nrollout %s %s\n", r.ID, r.Status)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), fmt.Errorf("still %s; follow with `wxdomain rollout status %s --watch`", r.Status, id))
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func bar(done, total, width int) string {
+	n := 0
+	if total > 0 {
+		n = done * width / total
+	}
+	return "[" + strings.Repeat("#", n) + strings.Repeat("-", width-n) + "]"
+}

@@ -193,9 +193,11 @@ func TestPermanentErrors(t *testing.T) {
 			assert.Nil(t, rec.TestingDomains)
 
 			// The task is archived in asynq, where the UI shows it.
-			info, err := asynq.NewInspectorFromRedisClient(b.redis.Client).GetTaskInfo(b.redis.Queue, rec.TaskID)
-			require.NoError(t, err)
-			assert.Equal(t, asynq.TaskStateArchived, info.State)
+			// (asynq moves it just after the handler returned.)
+			require.Eventually(t, func() bool {
+				info, err := asynq.NewInspectorFromRedisClient(b.redis.Client).GetTaskInfo(b.redis.Queue, rec.TaskID)
+				return err == nil && info.State == asynq.TaskStateArchived
+			}, 5*time.Second, 10*time.Millisecond)
 			assert.Equal(t, 1, modifyCalls(b.sandbox))
 		})
 	}

@@ -42,7 +42,12 @@ func (t *Store) Set(ctx context.Context, appid, ticket string) error {
 	if ticket == "" {
 		return errors.New("ticket is empty")
 	}
-	err := t.rdb.HSet(ctx, t.key(appid), "ticket", ticket, "received_at", t.now().UnixMilli()).Err()
+	_, err := t.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, t.key(appid), "ticket", ticket, "received_at", t.now().UnixMilli())
+		// A remembered token refusal (token.RefusalKey) was about the old ticket.
+		p.Del(ctx, t.prefix+"token_refusal:"+appid)
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("store ticket of %s: %w", appid, err)
 	}

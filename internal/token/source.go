@@ -10,6 +10,7 @@ import (
 	"hash/fnv"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,6 +99,13 @@ func (s *Source) channel() string             { return s.cfg.Prefix + "token_cha
 func (s *Source) fetchesKey(appid string, t time.Time) string {
 	return s.cfg.Prefix + "token_fetches:" + appid + ":" + t.In(chinaTime).Format("20060102")
 }
+
+// refusalMemory is how long a token API refusal is answered from memory.
+const refusalMemory = 30 * time.Second
+
+// RefusalKey remembers the token API's last refusal for a platform; storing
+// a new ticket deletes it.
+func RefusalKey(prefix, appid string) string { return prefix + "token_refusal:" + appid }
 
 // chinaTime is UTC+8, where WeChat's days (and quotas) start.
 var chinaTime = time.FixedZone("UTC+8", 8*3600)
@@ -324,8 +332,20 @@ func (s *Source) fetch(ctx context.Context, appid string) (entry, error) {
 	if err != nil {
 		return entry{}, &FetchError{AppID: appid, Err: err}
 	}
+	// A refusal moments ago would only be repeated: answer it again rather
+	// than spend the token API's quota (a new ticket clears it).
+	if v, err := s.rdb.Get(ctx, RefusalKey(s.cfg.Prefix, appid)).Result(); err == nil {
+		if code, msg, ok := strings.Cut(v, "|"); ok {
+			n, _ := strconv.Atoi(code)
+			return entry{}, &FetchError{AppID: appid, Err: &wechat.APIError{Code: n, Msg: msg}}
+		}
+	}
 	started := s.now()
 	ct, err := s.fetcher.FetchComponentToken(ctx, appid, secret, ticket.Value)
+	var refused *wechat.APIError
+	if errors.As(err, &refused) {
+		_ = s.rdb.Set(ctx, RefusalKey(s.cfg.Prefix, appid), strconv.Itoa(refused.Code)+"|"+refused.Msg, refusalMemory).Err()
+	}
 	// Every call counts against the token API's daily quota, even a refused one.
 	fetches := s.fetchesKey(appid, started)
 	_, cerr := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {

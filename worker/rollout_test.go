@@ -25,7 +25,7 @@ func manyPlatforms(n int) []string {
 }
 
 // setupRollouts runs workers that also fan rollouts out.
-func setupRollouts(t *testing.T, platforms []string, o setupOpts) (*testBundle, *rollout.Service) {
+func setupRollouts(t testing.TB, platforms []string, o setupOpts) (*testBundle, *rollout.Service) {
 	t.Helper()
 	o.platforms, o.noWorker = platforms, true
 	b := setup(t, redistest.Real, o)
@@ -41,7 +41,7 @@ func setupRollouts(t *testing.T, platforms []string, o setupOpts) (*testBundle, 
 	return b, svc
 }
 
-func waitRollout(t *testing.T, svc *rollout.Service, id string) *rollout.Rollout {
+func waitRollout(t testing.TB, svc *rollout.Service, id string) *rollout.Rollout {
 	t.Helper()
 	var r *rollout.Rollout
 	require.Eventually(t, func() bool {

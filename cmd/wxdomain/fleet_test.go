@@ -311,6 +311,20 @@ func TestSIGKILLMidRollout(t *testing.T) {
 	}
 	t.Logf("%d platforms, 0 lost, %d repeated calls (tasks running at the kill)", n, extra)
 	assert.LessOrEqual(t, extra, 10, "only tasks that were running at the kill run again")
+
+	// The other rollout commands, as an operator uses them.
+	out, _, err = c.run("rollout", "list")
+	require.NoError(t, err)
+	assert.Regexp(t, r.ID+`\s+kill test\s+add\s+done\s+100/100\s+0`, out)
+	out, _, err = c.run("rollout", "failures", r.ID, "--csv")
+	require.NoError(t, err)
+	assert.Equal(t, "platform,errcode,errmsg,reason,task_id\n", out)
+	out, _, err = c.run("rollout", "status", r.ID, "--watch")
+	require.NoError(t, err)
+	assert.Regexp(t, `^\d\d:\d\d:\d\d 100/100 done: succeeded 100, partial 0, failed 0, canceled 0; queued 0, running 0, retrying 0\n$`, out, "plain lines when not a terminal")
+	out, _, err = c.run("rollout", "create", "--action", "add", "--domains", "k.example.com", "--platforms", apps[0]+","+apps[1], "--dry-run")
+	require.NoError(t, err)
+	assert.Contains(t, out, "would call add k.example.com on "+apps[1])
 	survivor.stop(t)
 	fake.stop(t)
 }

@@ -20,6 +20,7 @@ build:
 # Micro-benchmarks run as usual; the worker's scenario benchmarks run once
 # each (every iteration is a whole scenario on the real Redis).
 bench:
+	$(GO) run ./cmd/wxbench
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/... ./tasks/...
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./worker/
 

@@ -98,6 +98,32 @@ func newMetrics(rdb redis.UniversalClient) (*prometheus.Registry, *metrics.Metri
 	return reg, m
 }
 
+// start makes the logger and the Redis connection of a long-running
+// command; done releases them.
+func (a *app) start(ctx context.Context, cfg config.Config) (*zap.Logger, redis.UniversalClient, func(), error) {
+	log, err := a.logger(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	rdb, err := openRedis(ctx, cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return log, rdb, func() {
+		_ = rdb.Close()
+		_ = log.Sync()
+	}, nil
+}
+
+// revealTokens returns the API tokens' values, for the handlers that compare them.
+func revealTokens(cfg config.Config) []string {
+	tokens := make([]string, len(cfg.APITokens))
+	for i, t := range cfg.APITokens {
+		tokens[i] = t.Reveal()
+	}
+	return tokens
+}
+
 // configAndPlatforms reads the settings and the platforms file.
 func (a *app) configAndPlatforms() (config.Config, *config.Platforms, error) {
 	cfg, err := a.config()
@@ -309,22 +335,14 @@ func (a *app) workerCommand() *cobra.Command {
 			if err := platforms.ResolveSecrets(a.getenv); err != nil {
 				return err
 			}
-			log, err := a.logger(cfg)
+			log, rdb, done, err := a.start(ctx, cfg)
 			if err != nil {
 				return err
 			}
-			defer func() { _ = log.Sync() }()
-			rdb, err := openRedis(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			defer rdb.Close()
+			defer done()
 			reg, m := newMetrics(rdb)
 			if cfg.MetricsAddr != "" {
-				tokens := make([]string, len(cfg.APITokens))
-				for i, t := range cfg.APITokens {
-					tokens[i] = t.Reveal()
-				}
+				tokens := revealTokens(cfg)
 				if len(tokens) == 0 && !cfg.MetricsPublic {
 					return errors.New("WXDOMAIN_METRICS_ADDR is set but neither WXDOMAIN_API_TOKENS nor WXDOMAIN_METRICS_PUBLIC=true: nobody could read the metrics")
 				}

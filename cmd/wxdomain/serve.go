@@ -47,16 +47,11 @@ func (a *app) serveCommand() *cobra.Command {
 					return err
 				}
 			}
-			log, err := a.logger(cfg)
+			log, rdb, done, err := a.start(ctx, cfg)
 			if err != nil {
 				return err
 			}
-			defer func() { _ = log.Sync() }()
-			rdb, err := openRedis(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			defer rdb.Close()
+			defer done()
 			ln, err := net.Listen("tcp", cfg.HTTPAddr)
 			if err != nil {
 				return fmt.Errorf("WXDOMAIN_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
@@ -99,10 +94,7 @@ func (a *app) serveCommand() *cobra.Command {
 // apiTokens returns the API tokens. Without any, only a loopback address
 // is allowed, with a one-time token printed for this process.
 func (a *app) apiTokens(cfg config.Config) ([]string, error) {
-	tokens := make([]string, len(cfg.APITokens))
-	for i, t := range cfg.APITokens {
-		tokens[i] = t.Reveal()
-	}
+	tokens := revealTokens(cfg)
 	if len(tokens) > 0 {
 		return tokens, nil
 	}

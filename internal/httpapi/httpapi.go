@@ -277,23 +277,23 @@ func (a *api) getChange(w http.ResponseWriter, r *http.Request) {
 	} else {
 		rec, err = a.cfg.Client.Get(ctx, id)
 	}
-	switch {
-	case errors.Is(err, tasks.ErrTaskNotFound):
-		writeError(w, http.StatusNotFound, "not_found", "no change with this task id (or its record expired)", nil)
-	case err != nil:
-		a.internal(w, r, err)
-	default:
-		writeJSON(w, http.StatusOK, rec)
-	}
+	a.recordResult(w, r, rec, err)
 }
 
 func (a *api) cancelChange(w http.ResponseWriter, r *http.Request) {
 	rec, err := a.cfg.Client.Cancel(r.Context(), r.PathValue("id"))
+	if errors.Is(err, tasks.ErrFinal) {
+		writeError(w, http.StatusConflict, "already_finished", fmt.Sprintf("the change already finished (%s)", rec.Status), nil)
+		return
+	}
+	a.recordResult(w, r, rec, err)
+}
+
+// recordResult answers with a change's record or the error that kept it.
+func (a *api) recordResult(w http.ResponseWriter, r *http.Request, rec *tasks.Record, err error) {
 	switch {
 	case errors.Is(err, tasks.ErrTaskNotFound):
 		writeError(w, http.StatusNotFound, "not_found", "no change with this task id (or its record expired)", nil)
-	case errors.Is(err, tasks.ErrFinal):
-		writeError(w, http.StatusConflict, "already_finished", fmt.Sprintf("the change already finished (%s)", rec.Status), nil)
 	case err != nil:
 		a.internal(w, r, err)
 	default:

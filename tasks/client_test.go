@@ -2,6 +2,7 @@ package tasks_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -149,6 +150,35 @@ func TestClient(t *testing.T) {
 				require.NotNil(t, got)
 				assert.Equal(t, tasks.StatusQueued, got.Status)
 			})
+		})
+	}
+}
+
+func TestConcurrentUpdatesLoseNothing(t *testing.T) {
+	t.Parallel()
+	for _, be := range redistest.Backends() {
+		t.Run(be.Name, func(t *testing.T) {
+			t.Parallel()
+			b := setupClient(t, be.Open)
+			ctx := context.Background()
+			rec, err := b.client.Enqueue(ctx, addChange("a.com"), tasks.EnqueueOptions{})
+			require.NoError(t, err)
+			var wg sync.WaitGroup
+			for i := 0; i < 20; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, err := b.client.Store().Update(ctx, rec.TaskID, func(r *tasks.Record) error {
+						r.Attempts++
+						return nil
+					})
+					assert.NoError(t, err)
+				}()
+			}
+			wg.Wait()
+			got, err := b.client.Get(ctx, rec.TaskID)
+			require.NoError(t, err)
+			assert.Equal(t, 20, got.Attempts, "every update applied once")
 		})
 	}
 }

@@ -163,39 +163,35 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	return s.rdb.Del(ctx, s.key(id)).Err()
 }
 
-// Update applies fn to the record atomically (optimistic locking with WATCH,
-// retried on conflict). A final record is never changed: fn is not called
-// and the current record is returned with ErrFinal. fn may return an error
-// to abort without writing.
+// Update applies fn to the record atomically: it reads the record, applies
+// fn and writes the result only if the record did not change meanwhile
+// (compare-and-set in one script, retried on conflict), moving the
+// record's rollout platform in the same step. A final record is never
+// changed: fn is not called and the current record is returned with
+// ErrFinal. fn may return an error to abort without writing.
 func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (*Record, error) {
 	key := s.key(id)
-	var (
-		out      *Record
-		finished bool
-	)
-	txf := func(tx *redis.Tx) error {
-		finished = false
-		b, err := tx.Get(ctx, key).Bytes()
+	for i := 0; i < 50; i++ {
+		b, err := s.rdb.Get(ctx, key).Bytes()
 		if errors.Is(err, redis.Nil) {
-			return fmt.Errorf("%w: %s", ErrTaskNotFound, id)
+			return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, id)
 		}
 		if err != nil {
-			return err
+			return nil, fmt.Errorf("update record %s: %w", id, err)
 		}
 		var r Record
 		if err := json.Unmarshal(b, &r); err != nil {
-			return fmt.Errorf("decode record %s: %w", id, err)
+			return nil, fmt.Errorf("decode record %s: %w", id, err)
 		}
-		out = &r
 		if r.Status.Final() {
-			return ErrFinal
+			return &r, ErrFinal
 		}
 		if err := fn(&r); err != nil {
-			return err
+			return &r, err
 		}
 		now := s.now().UTC()
 		r.UpdatedAt = now
-		finished = r.Status.Final() && r.FinishedAt == nil
+		finished := r.Status.Final() && r.FinishedAt == nil
 		if finished {
 			r.FinishedAt = &now
 		}
@@ -204,31 +200,25 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (
 		}
 		nb, err := json.Marshal(&r)
 		if err != nil {
-			return fmt.Errorf("encode record %s: %w", id, err)
+			return &r, fmt.Errorf("encode record %s: %w", id, err)
 		}
-		_, err = tx.TxPipelined(ctx, func(p redis.Pipeliner) error {
-			p.Set(ctx, key, nb, s.ttl)
-			if r.RolloutID != "" {
-				rolloutTransition.Eval(ctx, p,
-					[]string{RolloutStateKey(s.prefix, r.RolloutID), RolloutCountsKey(s.prefix, r.RolloutID), RolloutKey(s.prefix, r.RolloutID)},
-					r.Platform, string(r.Status), now.Format(time.RFC3339Nano))
-			}
-			return nil
-		})
-		return err
+		keys := []string{key, key, key, key} // unused outside rollouts
+		appid := ""
+		if r.RolloutID != "" {
+			keys = []string{key, RolloutStateKey(s.prefix, r.RolloutID), RolloutCountsKey(s.prefix, r.RolloutID), RolloutKey(s.prefix, r.RolloutID)}
+			appid = r.Platform
+		}
+		ok, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano)).Int()
+		if err != nil {
+			return &r, fmt.Errorf("update record %s: %w", id, err)
+		}
+		if ok == 0 {
+			continue // changed since it was read
+		}
+		if finished && s.onFinish != nil {
+			s.onFinish(&r)
+		}
+		return &r, nil
 	}
-	for i := 0; i < 50; i++ {
-		err := s.rdb.Watch(ctx, txf, key)
-		if errors.Is(err, redis.TxFailedErr) {
-			continue
-		}
-		if err != nil && !errors.Is(err, ErrFinal) && !errors.Is(err, ErrTaskNotFound) {
-			return out, fmt.Errorf("update record %s: %w", id, err)
-		}
-		if err == nil && finished && s.onFinish != nil {
-			s.onFinish(out)
-		}
-		return out, err
-	}
-	return out, fmt.Errorf("update record %s: too much contention", id)
+	return nil, fmt.Errorf("update record %s: too much contention", id)
 }

@@ -23,24 +23,42 @@ func RolloutStateKey(prefix, id string) string { return prefix + "rollout:" + id
 // RolloutCountsKey counts the platforms of a rollout per status.
 func RolloutCountsKey(prefix, id string) string { return prefix + "rollout:" + id + ":counts" }
 
+// transitionLua moves one platform of a rollout to a status: a platform
+// counts once, in its latest status; a final status stays until a retry; a
+// running rollout whose platforms are all final becomes done.
+const transitionLua = `
+local function transition(state, counts, rollout, appid, status, now)
+  local old = redis.call('HGET', state, appid)
+  if old == status then return 0 end
+  if old == 'succeeded' or old == 'partial' or old == 'failed' or old == 'canceled' then return 0 end
+  redis.call('HSET', state, appid, status)
+  if old then redis.call('HINCRBY', counts, old, -1) end
+  redis.call('HINCRBY', counts, status, 1)
+  local total = tonumber(redis.call('HGET', rollout, 'total') or '0')
+  local fin = 0
+  for _, s in ipairs({'succeeded', 'partial', 'failed', 'canceled'}) do
+    fin = fin + tonumber(redis.call('HGET', counts, s) or '0')
+  end
+  if total > 0 and fin >= total and redis.call('HEXISTS', rollout, 'finished_at') == 0 then
+    if redis.call('HGET', rollout, 'status') == 'running' then redis.call('HSET', rollout, 'status', 'done') end
+    redis.call('HSET', rollout, 'finished_at', now)
+  end
+  return 1
+end
+`
+
 // rolloutTransition: KEYS state, counts, rollout; ARGV appid, status, now.
-// A rollout running whose platforms are all final becomes done.
-var rolloutTransition = redis.NewScript(`
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old == ARGV[2] then return 0 end
-if old == 'succeeded' or old == 'partial' or old == 'failed' or old == 'canceled' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if old then redis.call('HINCRBY', KEYS[2], old, -1) end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-local total = tonumber(redis.call('HGET', KEYS[3], 'total') or '0')
-local fin = 0
-for _, s in ipairs({'succeeded', 'partial', 'failed', 'canceled'}) do
-  fin = fin + tonumber(redis.call('HGET', KEYS[2], s) or '0')
-end
-if total > 0 and fin >= total and redis.call('HEXISTS', KEYS[3], 'finished_at') == 0 then
-  if redis.call('HGET', KEYS[3], 'status') == 'running' then redis.call('HSET', KEYS[3], 'status', 'done') end
-  redis.call('HSET', KEYS[3], 'finished_at', ARGV[3])
-end
+var rolloutTransition = redis.NewScript(transitionLua + `
+return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])`)
+
+// casRecord writes a record only if it is still what was read, and moves
+// its rollout platform in the same step. KEYS record, state, counts,
+// rollout; ARGV old JSON, new JSON, TTL ms, appid ("" outside rollouts),
+// status, now.
+var casRecord = redis.NewScript(transitionLua + `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] ~= '' then transition(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6]) end
 return 1`)
 
 // MoveRolloutPlatform records a platform's status in a rollout without a

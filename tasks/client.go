@@ -135,16 +135,38 @@ func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 		}
 	}
 	rec := NewRecord(taskID, change, queue)
-	if _, err := c.store.Create(ctx, rec); err != nil {
-		return nil, err
-	}
-	if err := c.enqueueTask(ctx, rec, opts); err != nil {
-		if opts.IdempotencyKey == "" {
-			// Nobody can repair this submission, so don't leave a queued
-			// record behind that no worker will ever run.
-			_ = c.store.Delete(context.WithoutCancel(ctx), taskID)
+	if opts.IdempotencyKey != "" {
+		// In order: a repeated submission repairs from the record.
+		if _, err := c.store.Create(ctx, rec); err != nil {
+			return nil, err
 		}
-		return nil, err
+		if err := c.enqueueTask(ctx, rec, opts); err != nil {
+			return nil, err
+		}
+		return rec, nil
+	}
+	// Record and task are written at once, halving the wait: a worker that
+	// takes the task before its record lands creates the record from the
+	// payload, and a record whose task failed to enqueue is removed.
+	created := make(chan error, 1)
+	go func() {
+		_, err := c.store.Create(ctx, rec)
+		created <- err
+	}()
+	enqErr := c.enqueueTask(ctx, rec, opts)
+	createErr := <-created
+	if enqErr != nil {
+		// Nobody can repair this submission, so don't leave a queued
+		// record behind that no worker will ever run.
+		_ = c.store.Delete(context.WithoutCancel(ctx), taskID)
+		return nil, enqErr
+	}
+	if createErr != nil {
+		_, createErr = c.store.Create(context.WithoutCancel(ctx), rec)
+	}
+	if createErr != nil {
+		// The task is queued; the worker writes the record when it runs.
+		return nil, fmt.Errorf("change %s queued, but its record could not be written yet: %w", taskID, createErr)
 	}
 	return rec, nil
 }

@@ -312,3 +312,15 @@ func TestGracefulShutdownFinishesInFlightChanges(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, tasks.StatusSucceeded, got.Status)
 }
+
+func TestUpstreamTransportFaultsAreRetried(t *testing.T) {
+	t.Parallel()
+	b := setup(t, redistest.Mini, setupOpts{maxAttempts: 6})
+	// The HTTP client times out at 5s in this setup, so the stall costs 5s.
+	b.sandbox.SetFaults(appA, wechattest.Faults{Transport: []string{"reset", "502", "truncated", "stall"}})
+	rec := b.enqueueWait(t, change(tasks.ActionAdd, false, "a.com"))
+	assert.Equal(t, tasks.StatusSucceeded, rec.Status)
+	assert.Equal(t, 5, rec.Attempts, "four faults, each retried, then success")
+	p, _ := b.sandbox.Platform(appA)
+	assert.Equal(t, []string{"a.com"}, p.Testing)
+}

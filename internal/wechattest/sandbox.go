@@ -68,6 +68,11 @@ type Faults struct {
 	TokenErrCode int `json:"token_errcode,omitempty"`
 	// Latency is added to every call of the platform.
 	Latency time.Duration `json:"latency,omitempty"`
+	// Transport lists, in order, how the next modify calls break before
+	// any answer: "reset" (connection closed), "502" (an HTML error page),
+	// "truncated" (half a JSON answer), "stall" (no answer for 20s). The
+	// call is not applied. "" lets a call through.
+	Transport []string `json:"transport,omitempty"`
 }
 
 // Call is one request the sandbox answered.
@@ -372,9 +377,51 @@ func (s *Sandbox) modifyJumpDomain(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, apiError(47001, "data format error"))
 		return
 	}
+	if s.breakTransport(w, r, r.URL.Query().Get("access_token")) {
+		return
+	}
 	ans, delay := s.modify(r.URL.Query().Get("access_token"), req.Action, req.Domains, req.Publish)
 	s.sleep(r, delay)
 	writeJSON(w, ans)
+}
+
+// breakTransport plays the platform's next scripted transport fault, if
+// any, and reports whether it answered the request that way.
+func (s *Sandbox) breakTransport(w http.ResponseWriter, r *http.Request, accessToken string) bool {
+	s.mu.Lock()
+	var mode string
+	if tok, ok := s.tokens[accessToken]; ok {
+		p := s.platformLocked(tok.appid)
+		if f := s.faultsLocked(p); len(f.Transport) > 0 {
+			mode, f.Transport = f.Transport[0], f.Transport[1:]
+		}
+	}
+	if mode != "" {
+		s.calls = append(s.calls, Call{Time: s.cfg.Now(), API: "modify_wxa_jump_domain", ErrCode: -999, Action: "transport:" + mode})
+	}
+	s.mu.Unlock()
+	switch mode {
+	case "reset":
+		if hj, ok := w.(http.Hijacker); ok {
+			if conn, _, err := hj.Hijack(); err == nil {
+				_ = conn.Close()
+				return true
+			}
+		}
+		panic(http.ErrAbortHandler)
+	case "502":
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusBadGateway)
+		_, _ = io.WriteString(w, "<html><body><h1>502 Bad Gateway</h1></body></html>")
+	case "truncated":
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"errcode":0,"errmsg":"ok","testing_wxa_jump_h5_do`)
+	case "stall":
+		s.sleep(r, 20*time.Second)
+	default:
+		return false
+	}
+	return true
 }
 
 func (s *Sandbox) modify(accessToken, action, domains string, publish bool) (answer, time.Duration) {

@@ -3,7 +3,7 @@
 #   make test   vet and the whole test suite with the race detector
 GO ?= go
 
-.PHONY: run test build vet bench fmt
+.PHONY: run test build vet bench chaos fmt
 
 run:
 	$(GO) run ./cmd/wxdomain dev
@@ -23,6 +23,10 @@ bench:
 	$(GO) run ./cmd/wxbench
 	$(GO) test -run '^$$' -bench . -benchmem ./internal/... ./tasks/...
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./worker/
+
+# The fault suite: real processes, a Redis of its own, the sandbox upstream.
+chaos:
+	$(GO) run ./cmd/wxchaos
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -6,6 +6,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/pause"
+	"github.com/wxdomain/wxdomain/internal/rollout"
 	"github.com/wxdomain/wxdomain/internal/ticket"
 	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechat"
@@ -42,6 +44,7 @@ type Results struct {
 	GlobalLimitRatio    float64            `json:"global_limit_ratio"`
 	StormCallsRatio     float64            `json:"storm_calls_ratio"`
 	StormTimeRatio      float64            `json:"storm_time_ratio"`
+	RolloutTimeRatio    float64            `json:"rollout_time_ratio"`
 	WorkerRSSMiB        float64            `json:"worker_rss_mib"`
 	WorkerRSSLoadMiB    float64            `json:"worker_rss_load_mib"`
 	RedisBytesPerRecord float64            `json:"redis_bytes_per_record"`
@@ -79,6 +82,7 @@ func Run(ctx context.Context, url string, progress io.Writer) (*Results, error) 
 		{"throughput", func(e *env) error { return e.throughput(r) }},
 		{"limits", func(e *env) error { return e.limits(r) }},
 		{"busy storm", func(e *env) error { return e.storm(r) }},
+		{"rollout", func(e *env) error { return e.rollout(r) }},
 		{"memory", func(e *env) error { return e.memory(r) }},
 	} {
 		if err := step(s.name, s.fn); err != nil {
@@ -152,6 +156,10 @@ func (e *env) client() *tasks.Client {
 
 // startWorker runs wxdomain's worker until the returned stop is called.
 func (e *env) startWorker(concurrency int, rate func(string) limit.Rate, global limit.Rate) func() {
+	return e.startWorkerWith(concurrency, rate, global, nil)
+}
+
+func (e *env) startWorkerWith(concurrency int, rate func(string) limit.Rate, global limit.Rate, handlers map[string]asynq.Handler) func() {
 	log := zap.NewNop()
 	tokens := token.NewSource(e.rdb, e.wc, ticket.NewStore(e.rdb, e.prefix), token.SourceConfig{
 		Prefix: e.prefix, Margin: time.Minute, Secret: func(string) (string, bool) { return "s", true },
@@ -171,6 +179,7 @@ func (e *env) startWorker(concurrency int, rate func(string) limit.Rate, global 
 		defer wg.Done()
 		_ = worker.Run(ctx, e.rdb, worker.ServerConfig{
 			Concurrency: concurrency, Queues: map[string]int{e.queue: 1}, ShutdownTimeout: 10 * time.Second, PollInterval: 20 * time.Millisecond,
+			Handlers: handlers,
 		}, h, log)
 	}()
 	return func() { cancel(); wg.Wait() }
@@ -452,6 +461,55 @@ func (e *env) storm(r *Results) error {
 	return nil
 }
 
+// rollout: a rollout over the 20 platforms, 10 changes' worth each under a
+// global limit of 50 calls/s, against its lower bound.
+func (e *env) rollout(r *Results) error {
+	const global = 50.0
+	c := e.client()
+	defer c.Close()
+	if err := e.warmTokens(c); err != nil {
+		return err
+	}
+	apps := make([]string, 200)
+	for i := range apps {
+		apps[i] = fmt.Sprintf("wxbenchr%010d", i)
+		e.sandbox.PutPlatform(wechattest.Platform{AppID: apps[i], Released: true})
+		if err := ticket.NewStore(e.rdb, e.prefix).Set(e.ctx, apps[i], "t"); err != nil {
+			return err
+		}
+	}
+	svc := rollout.New(e.rdb, c, rollout.Config{Prefix: e.prefix, Queue: e.queue, BulkQueue: e.queue, Platforms: apps})
+	defer svc.Close()
+	stop := e.startWorkerWith(30, func(string) limit.Rate { return limit.Rate{} }, limit.Rate{PerSecond: global, Burst: 1}, map[string]asynq.Handler{rollout.TypeFanout: svc})
+	defer stop()
+	start := time.Now()
+	ro, err := svc.Create(e.ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.example.com"}, All: true})
+	if err != nil {
+		return err
+	}
+	for {
+		got, err := svc.Get(e.ctx, ro.ID)
+		if err != nil {
+			return err
+		}
+		if got.FinishedAt != nil {
+			if got.Counts.Succeeded != len(apps) {
+				return fmt.Errorf("rollout ended with %+v", got.Counts)
+			}
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			return errors.New("rollout did not finish in 2 minutes")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(start)
+	lower := float64(len(apps)-1) / global
+	r.Raw["rollout_seconds"], r.Raw["rollout_lower_bound_seconds"] = took.Seconds(), lower
+	r.RolloutTimeRatio = took.Seconds() / lower
+	return nil
+}
+
 // memory: worker RSS under load, and Redis bytes per finished record.
 func (e *env) memory(r *Results) error {
 	const n = 2000
@@ -522,6 +580,7 @@ func (r *Results) Markdown() string {
 		{"global limit 50/s (achieved ÷ configured)", "0.95–1.0", r.GlobalLimitRatio, "%.3f"},
 		{"busy storm 30%: calls ÷ expected", "≤ 1.1", r.StormCallsRatio, "%.3f"},
 		{"busy storm 30%: time ÷ time without busy", "", r.StormTimeRatio, "%.2f"},
+		{"rollout of 200 platforms at 50/s global (time ÷ lower bound)", "", r.RolloutTimeRatio, "%.3f"},
 		{"worker RSS at rest (MiB)", "", r.WorkerRSSMiB, "%.0f"},
 		{"worker RSS under load (MiB)", "", r.WorkerRSSLoadMiB, "%.0f"},
 		{"Redis bytes per finished record", "≤ 2048", r.RedisBytesPerRecord, "%.0f"},

@@ -114,8 +114,8 @@ func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 	}
 	taskID := newTaskID()
 	if opts.TaskID != "" {
-		if !validTaskID(opts.TaskID) {
-			return nil, fmt.Errorf("task id %q: want 1 to 128 letters, digits, '-', '_', ':' or '.'", truncate(opts.TaskID))
+		if !ValidTaskID(opts.TaskID) {
+			return nil, fmt.Errorf("task id %q: want 32 lower-case hex digits or a rollout change's id (use an idempotency key to name a submission)", Truncate(opts.TaskID))
 		}
 		return c.enqueueOnce(ctx, opts.TaskID, change, queue, opts)
 	}
@@ -262,19 +262,26 @@ func NewRecord(id string, change JumpDomainChange, queue string) *Record {
 
 // Get returns a task's record, or an error wrapping ErrTaskNotFound.
 func (c *Client) Get(ctx context.Context, taskID string) (*Record, error) {
-	if !validTaskID(taskID) {
-		return nil, fmt.Errorf("%w: %q is not a task id", ErrTaskNotFound, truncate(taskID))
+	if !ValidTaskID(taskID) {
+		return nil, fmt.Errorf("%w: %q is not a task id", ErrTaskNotFound, Truncate(taskID))
 	}
 	return c.store.Get(ctx, taskID)
 }
 
 // Wait polls the record until it is final or ctx ends; on ctx's end it
-// returns the last record read together with ctx's error.
+// returns the last record read together with ctx's error. The record is
+// read at least once, even when ctx has already ended, so that a short
+// wait never hides a record that exists.
 func (c *Client) Wait(ctx context.Context, taskID string) (*Record, error) {
 	delay := 50 * time.Millisecond
 	var last *Record
-	for {
-		rec, err := c.Get(ctx, taskID)
+	for first := true; ; first = false {
+		rctx, cancel := ctx, context.CancelFunc(func() {})
+		if first {
+			rctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), firstReadTimeout)
+		}
+		rec, err := c.Get(rctx, taskID)
+		cancel()
 		if err != nil && last != nil && ctx.Err() != nil {
 			return last, ctx.Err() // the wait ended during a read
 		}
@@ -295,6 +302,10 @@ func (c *Client) Wait(ctx context.Context, taskID string) (*Record, error) {
 		delay = min(delay*2, c.cfg.PollInterval)
 	}
 }
+
+// firstReadTimeout bounds Wait's first read, which does not end with the
+// caller's context.
+const firstReadTimeout = 5 * time.Second
 
 // Cancel stops a change that has not finished. A queued or retrying change
 // is removed from the queue and recorded as canceled at once. A running one
@@ -362,20 +373,74 @@ func (c *Client) markCanceled(ctx context.Context, taskID, why string) (*Record,
 	return rec, err
 }
 
+// Pause is why and until when a platform's changes wait.
+type Pause = pause.Pause
+
+// TicketResult is what storing a ticket did.
+type TicketResult struct {
+	// Stored is false when the stored ticket was created no earlier than
+	// this one (a replayed or late push): nothing changed.
+	Stored bool `json:"stored"`
+	// CreatedAt is the creation time of the ticket now in force.
+	CreatedAt time.Time `json:"created_at"`
+	// EndedPause is the pause the new ticket ended (no ticket, a refused
+	// ticket); KeptPause one it does not cure (quota, frequency, IP
+	// whitelist, wrong secret), which ends at its time or by Resume.
+	EndedPause *Pause `json:"ended_pause,omitempty"`
+	KeptPause  *Pause `json:"kept_pause,omitempty"`
+	// ResumedChanges counts the waiting changes run at once.
+	ResumedChanges int `json:"resumed_changes"`
+}
+
 // SetTicket stores a platform's component_verify_ticket (for services that
-// receive WeChat's pushes themselves), ends a pause the platform was in for
-// want of one, and runs its waiting changes at once. It reports how many.
-func (c *Client) SetTicket(ctx context.Context, appid, value string) (int, error) {
-	if !appidPattern.MatchString(appid) {
-		return 0, fmt.Errorf("appid %q: want letters, digits, '_' or '-' (at most 64)", truncate(appid))
+// receive WeChat's pushes themselves). createdAt is WeChat's CreateTime of
+// the push: a ticket created no later than the stored one changes nothing.
+// A zero createdAt means now, and always stores. A stored ticket ends a
+// pause it cures (no ticket, 61005, 61006) and runs the platform's waiting
+// changes at once; other pauses stay.
+func (c *Client) SetTicket(ctx context.Context, appid, value string, createdAt time.Time) (TicketResult, error) {
+	if !ValidAppID(appid) {
+		return TicketResult{}, fmt.Errorf("appid %q: want %s", Truncate(appid), AppIDForm)
 	}
 	if value == "" || len(value) > 1024 {
-		return 0, ErrInvalidTicket
+		return TicketResult{}, ErrInvalidTicket
 	}
-	if err := ticket.NewStore(c.rdb, c.cfg.Prefix).Set(ctx, appid, value); err != nil {
-		return 0, err
+	stored, inForce, err := ticket.NewStore(c.rdb, c.cfg.Prefix).SetAt(ctx, appid, value, createdAt)
+	if err != nil {
+		return TicketResult{}, err
 	}
-	return pause.NewStore(c.rdb, c.cfg.Prefix).Resume(ctx, c.inspect, appid)
+	res := TicketResult{Stored: stored, CreatedAt: inForce.UTC()}
+	if !stored {
+		return res, nil
+	}
+	r, err := pause.NewStore(c.rdb, c.cfg.Prefix).ResumeForTicket(ctx, c.inspect, appid)
+	if err != nil {
+		return res, err
+	}
+	res.EndedPause, res.KeptPause, res.ResumedChanges = r.Ended, r.Kept, r.Started
+	return res, nil
+}
+
+// ResumeResult is what an operator's resume did.
+type ResumeResult struct {
+	// EndedPause is the pause that ended; nil if none was in force.
+	EndedPause *Pause `json:"ended_pause"`
+	// ResumedChanges counts the waiting changes run at once.
+	ResumedChanges int `json:"resumed_changes"`
+}
+
+// Resume ends whatever pause a platform is in, at an operator's request
+// (the IP is whitelisted now, the quota was cleared), and runs its waiting
+// changes at once.
+func (c *Client) Resume(ctx context.Context, appid string) (ResumeResult, error) {
+	if !ValidAppID(appid) {
+		return ResumeResult{}, fmt.Errorf("appid %q: want %s", Truncate(appid), AppIDForm)
+	}
+	r, err := pause.NewStore(c.rdb, c.cfg.Prefix).Resume(ctx, c.inspect, appid)
+	if err != nil {
+		return ResumeResult{}, err
+	}
+	return ResumeResult{EndedPause: r.Ended, ResumedChanges: r.Started}, nil
 }
 
 // Close releases the client's asynq handles; the Redis connection stays
@@ -388,18 +453,6 @@ func newTaskID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-func validTaskID(id string) bool {
-	if id == "" || len(id) > 128 {
-		return false
-	}
-	for _, r := range id {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == ':' || r == '.') {
-			return false
-		}
-	}
-	return true
 }
 
 func validKey(k string) bool {

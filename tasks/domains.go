@@ -3,6 +3,7 @@ package tasks
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"unicode"
 
@@ -39,10 +40,20 @@ func (p Problem) String() string {
 	return fmt.Sprintf("%s: %s", p.Field, p.Reason)
 }
 
-// ValidationError lists every problem found in a change, so that a caller
-// can fix them all at once.
+// MaxProblems is how many problems a ValidationError lists; the rest are
+// only counted, so that an error stays small whatever the input.
+const MaxProblems = 20
+
+// maxReason bounds a problem's reason, which may quote the input.
+const maxReason = 200
+
+// ValidationError lists the problems found in a change, so that a caller
+// can fix them at once: the first MaxProblems, most specific first, and
+// how many more there were.
 type ValidationError struct {
 	Problems []Problem
+	// More counts the problems not listed.
+	More int
 }
 
 func (e *ValidationError) Error() string {
@@ -50,7 +61,11 @@ func (e *ValidationError) Error() string {
 	for i, p := range e.Problems {
 		parts[i] = p.String()
 	}
-	return "invalid change: " + strings.Join(parts, "; ")
+	msg := "invalid change: " + strings.Join(parts, "; ")
+	if e.More > 0 {
+		msg += fmt.Sprintf("; and %d more", e.More)
+	}
+	return msg
 }
 
 // Code is the code of the first problem; API errors report it.
@@ -59,6 +74,72 @@ func (e *ValidationError) Code() string {
 		return CodeInvalidDomain
 	}
 	return e.Problems[0].Code
+}
+
+// Problems collects the problems of a request, keeping at most
+// MaxProblems, with every echoed value and reason cut short.
+type Problems struct {
+	list []Problem
+	more int
+}
+
+// Add records a problem.
+func (ps *Problems) Add(p Problem) {
+	p.Value = Truncate(p.Value)
+	if len(p.Reason) > maxReason {
+		p.Reason = p.Reason[:maxReason] + "…"
+		p.Reason = strings.ToValidUTF8(p.Reason, "")
+	}
+	if len(ps.list) < MaxProblems {
+		ps.list = append(ps.list, p)
+		return
+	}
+	// Keep the most specific problems: a platform or action problem
+	// displaces a domain one.
+	worst := len(ps.list) - 1
+	for i := range ps.list {
+		if rank(ps.list[i].Code) > rank(ps.list[worst].Code) {
+			worst = i
+		}
+	}
+	if rank(p.Code) < rank(ps.list[worst].Code) {
+		ps.list = append(ps.list[:worst], ps.list[worst+1:]...)
+		ps.list = append(ps.list, p)
+	}
+	ps.more++
+}
+
+// Merge adds the problems of another validation.
+func (ps *Problems) Merge(e *ValidationError) {
+	for _, p := range e.Problems {
+		ps.Add(p)
+	}
+	ps.more += e.More
+}
+
+// Len is how many problems were added.
+func (ps *Problems) Len() int { return len(ps.list) + ps.more }
+
+// Err returns the problems as a *ValidationError, or nil if there are none.
+func (ps *Problems) Err() error {
+	if len(ps.list) == 0 {
+		return nil
+	}
+	// The most specific code first: API clients read the first one.
+	slices.SortStableFunc(ps.list, func(a, b Problem) int { return rank(a.Code) - rank(b.Code) })
+	return &ValidationError{Problems: ps.list, More: ps.more}
+}
+
+func rank(code string) int {
+	switch code {
+	case CodeInvalidPlatform, CodeUnknownPlatform:
+		return 0
+	case CodeInvalidAction:
+		return 1
+	case CodeTooManyDomains:
+		return 2
+	}
+	return 3
 }
 
 var idnaProfile = idna.New(
@@ -80,7 +161,7 @@ func NormalizeDomain(s string) (string, error) {
 		return "", fmt.Errorf("contains whitespace or control characters")
 	}
 	if i := strings.Index(s, "://"); i >= 0 {
-		return "", fmt.Errorf("has a scheme (%s://): give the bare host name, like www.qq.com", s[:i])
+		return "", fmt.Errorf("has a scheme (%s://): give the bare host name, like www.qq.com", Truncate(s[:i]))
 	}
 	if strings.ContainsAny(s, "?#") {
 		return "", fmt.Errorf("has a query or fragment: give the bare host name")

@@ -3,6 +3,7 @@ package tasks
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -26,7 +27,7 @@ func RolloutCountsKey(prefix, id string) string { return prefix + "rollout:" + i
 // transitionLua moves one platform of a rollout to a status: a platform
 // counts once, in its latest status; a final status stays until a retry; a
 // running rollout whose platforms are all final becomes done.
-const transitionLua = `
+const transitionLua = rolloutKeysLua + `
 local function transition(state, counts, rollout, appid, status, now)
   local old = redis.call('HGET', state, appid)
   if old == status then return 0 end
@@ -42,10 +43,50 @@ local function transition(state, counts, rollout, appid, status, now)
   if total > 0 and fin >= total and redis.call('HEXISTS', rollout, 'finished_at') == 0 then
     if redis.call('HGET', rollout, 'status') == 'running' then redis.call('HSET', rollout, 'status', 'done') end
     redis.call('HSET', rollout, 'finished_at', now)
+    -- A finished rollout expires (WXDOMAIN_ROLLOUT_TTL), with every key
+    -- of every attempt; a retry makes them persist again.
+    local ttl = tonumber(redis.call('HGET', rollout, 'ttl_ms') or '0')
+    if ttl > 0 then
+      for _, k in ipairs(rolloutKeys(rollout, state, counts)) do redis.call('PEXPIRE', k, ttl) end
+    end
   end
   return 1
 end
 `
+
+// rolloutKeysLua lists a rollout's keys, its attempts' platform lists and
+// fan-out cursors included (named from the rollout's key, as
+// RolloutKeys does).
+const rolloutKeysLua = `
+local function rolloutKeys(rollout, state, counts)
+  local keys = {rollout, state, counts}
+  local attempt = tonumber(redis.call('HGET', rollout, 'attempt') or '0')
+  for a = 0, attempt do
+    keys[#keys + 1] = rollout .. ':platforms:' .. a
+    keys[#keys + 1] = rollout .. ':fanned:' .. a
+  end
+  return keys
+end
+`
+
+// RolloutListKey lists the platforms of a rollout's attempt, in fan-out order.
+func RolloutListKey(prefix, id string, attempt int) string {
+	return RolloutKey(prefix, id) + ":platforms:" + strconv.Itoa(attempt)
+}
+
+// RolloutCursorKey counts the platforms of an attempt already fanned out.
+func RolloutCursorKey(prefix, id string, attempt int) string {
+	return RolloutKey(prefix, id) + ":fanned:" + strconv.Itoa(attempt)
+}
+
+// RolloutKeys lists every key of a rollout up to an attempt.
+func RolloutKeys(prefix, id string, attempt int) []string {
+	keys := []string{RolloutKey(prefix, id), RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id)}
+	for a := 0; a <= attempt; a++ {
+		keys = append(keys, RolloutListKey(prefix, id, a), RolloutCursorKey(prefix, id, a))
+	}
+	return keys
+}
 
 // rolloutTransition: KEYS state, counts, rollout; ARGV appid, status, now.
 var rolloutTransition = redis.NewScript(transitionLua + `

@@ -6,7 +6,7 @@ package tasks
 import (
 	"encoding/json"
 	"fmt"
-	"regexp"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -86,99 +86,89 @@ type Rules struct {
 	KnownPlatform func(appid string) bool
 }
 
-var appidPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
 // Validate checks the change with the default rules and normalises its
 // domains in place (lower case, punycode, duplicates removed).
 func (c *JumpDomainChange) Validate() error { return c.ValidateWith(Rules{}) }
 
 // ValidateWith is Validate with explicit rules. On error the change is left
-// as it was; the error is a *ValidationError naming every problem.
+// as it was; the error is a *ValidationError naming the problems (at most
+// MaxProblems of them, each value cut to 64 bytes, whatever the input).
 func (c *JumpDomainChange) ValidateWith(r Rules) error {
 	maxDomains := r.MaxDomains
 	if maxDomains <= 0 {
 		maxDomains = DefaultMaxDomains
 	}
-	var problems []Problem
-	add := func(code, field, value, reason string) {
-		problems = append(problems, Problem{Code: code, Field: field, Value: value, Reason: reason})
+	var problems Problems
+	if p, ok := CheckPlatform(c.Platform, r); !ok {
+		problems.Add(p)
 	}
-
-	switch {
-	case c.Platform == "":
-		add(CodeInvalidPlatform, "platform", "", "is required (the component appid)")
-	case !appidPattern.MatchString(c.Platform):
-		add(CodeInvalidPlatform, "platform", truncate(c.Platform), "is not an appid (letters, digits, '_' and '-', at most 64)")
-	case r.KnownPlatform != nil && !r.KnownPlatform(c.Platform):
-		add(CodeUnknownPlatform, "platform", c.Platform, "is not in the platforms file")
-	}
-
 	if !c.Action.Valid() {
-		add(CodeInvalidAction, "action", truncate(string(c.Action)), "must be one of get, set, add, delete")
+		problems.Add(Problem{Code: CodeInvalidAction, Field: "action", Value: string(c.Action), Reason: "must be one of get, set, add, delete"})
 	}
 
 	var domains []string
-	seen := make(map[string]bool, len(c.Domains))
-	for i, d := range c.Domains {
-		n, err := NormalizeDomain(d)
-		if err != nil {
-			add(CodeInvalidDomain, fmt.Sprintf("domains[%d]", i), truncate(d), err.Error())
-			continue
-		}
-		if !seen[n] {
-			seen[n] = true
-			domains = append(domains, n)
-		}
-	}
-	switch {
+	switch n := roughlyDistinct(c.Domains); {
 	case c.Action == ActionGet && len(c.Domains) > 0:
-		add(CodeUnexpectedField, "domains", "", "must be empty for get")
+		problems.Add(Problem{Code: CodeUnexpectedField, Field: "domains", Reason: "must be empty for get"})
 	case c.Action.Valid() && c.Action != ActionGet && len(c.Domains) == 0:
-		add(CodeMissingDomains, "domains", "", fmt.Sprintf("are required for %s", c.Action))
-	case len(domains) > maxDomains:
-		// The count is checked after removing duplicates, as WeChat counts.
-		add(CodeTooManyDomains, "domains", "", fmt.Sprintf("has %d distinct domains; the limit is %d", len(domains), maxDomains))
+		problems.Add(Problem{Code: CodeMissingDomains, Field: "domains", Reason: fmt.Sprintf("are required for %s", c.Action)})
+	case n > maxDomains:
+		// Counted before each domain is checked, so that a huge list costs
+		// one problem, not one per domain.
+		problems.Add(Problem{Code: CodeTooManyDomains, Field: "domains", Reason: fmt.Sprintf("has %d distinct domains; the limit is %d", n, maxDomains)})
+	default:
+		seen := make(map[string]bool, len(c.Domains))
+		for i, d := range c.Domains {
+			n, err := NormalizeDomain(d)
+			if err != nil {
+				problems.Add(Problem{Code: CodeInvalidDomain, Field: fmt.Sprintf("domains[%d]", i), Value: d, Reason: err.Error()})
+				continue
+			}
+			if !seen[n] {
+				seen[n] = true
+				domains = append(domains, n)
+			}
+		}
+		if len(domains) > maxDomains {
+			// The count is checked after removing duplicates, as WeChat counts.
+			problems.Add(Problem{Code: CodeTooManyDomains, Field: "domains", Reason: fmt.Sprintf("has %d distinct domains; the limit is %d", len(domains), maxDomains)})
+		}
 	}
 
 	if c.Ensure && c.Action == ActionGet {
-		add(CodeInvalidAction, "ensure", "", "applies to set, add and delete, not get")
+		problems.Add(Problem{Code: CodeInvalidAction, Field: "ensure", Reason: "applies to set, add and delete, not get"})
 	}
-	if len(problems) > 0 {
-		// The most specific code first: API clients read the first one.
-		sortProblems(problems)
-		return &ValidationError{Problems: problems}
+	if err := problems.Err(); err != nil {
+		return err
 	}
 	c.Domains = domains
 	return nil
 }
 
-func sortProblems(ps []Problem) {
-	rank := func(code string) int {
-		switch code {
-		case CodeInvalidPlatform, CodeUnknownPlatform:
-			return 0
-		case CodeInvalidAction:
-			return 1
-		case CodeTooManyDomains:
-			return 2
-		}
-		return 3
+// CheckPlatform checks an appid's form, then that the rules know it.
+func CheckPlatform(appid string, r Rules) (Problem, bool) {
+	switch {
+	case appid == "":
+		return Problem{Code: CodeInvalidPlatform, Field: "platform", Reason: "is required (the component appid)"}, false
+	case !ValidAppID(appid):
+		return Problem{Code: CodeInvalidPlatform, Field: "platform", Value: appid, Reason: "is not a component appid: want " + AppIDForm}, false
+	case r.KnownPlatform != nil && !r.KnownPlatform(appid):
+		return Problem{Code: CodeUnknownPlatform, Field: "platform", Value: appid, Reason: "is not in the platforms file"}, false
 	}
-	// Stable insertion sort: a handful of problems at most per kind.
-	for i := 1; i < len(ps); i++ {
-		for j := i; j > 0 && rank(ps[j].Code) < rank(ps[j-1].Code); j-- {
-			ps[j], ps[j-1] = ps[j-1], ps[j]
-		}
-	}
+	return Problem{}, true
 }
 
-// truncate keeps hostile inputs from blowing up error messages.
-func truncate(s string) string {
-	const limit = 100
-	if len(s) <= limit {
-		return s
+// roughlyDistinct counts the domains that differ after case folding, a
+// cheap lower bound of what normalising would leave.
+func roughlyDistinct(domains []string) int {
+	if len(domains) <= 1 {
+		return len(domains)
 	}
-	return s[:limit] + "…"
+	seen := make(map[string]struct{}, len(domains))
+	for _, d := range domains {
+		seen[strings.ToLower(strings.TrimSuffix(d, "."))] = struct{}{}
+	}
+	return len(seen)
 }
 
 // NewJumpDomainTask builds the asynq task for a validated change. Options

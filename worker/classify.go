@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/wxdomain/wxdomain/internal/ticket"
 	"slices"
 
+	"github.com/wxdomain/wxdomain/internal/pause"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechat"
 )
@@ -57,8 +58,16 @@ type Policy struct {
 	DayCodes    []int
 	// TokenAPIRetryCodes are the token API's errcodes worth retrying; any
 	// other refusal to issue a token (61004 IP not whitelisted, 61005/61006
-	// ticket expired/invalid, 45009 quota, a wrong secret) needs an operator.
+	// ticket expired/invalid, 45009 quota, a wrong secret) pauses the
+	// platform.
 	TokenAPIRetryCodes []int
+	// The token API's refusals by cause, which decides what ends the
+	// pause: a new ticket ends only a TicketCodes pause; IPCodes and
+	// CredentialCodes pauses (like any other refusal) need time or an
+	// operator's resume.
+	TicketCodes     []int
+	IPCodes         []int
+	CredentialCodes []int
 }
 
 // DefaultPolicy follows shared/docs/wechat-api.md.
@@ -69,6 +78,10 @@ func DefaultPolicy() Policy {
 		TokenAPIRetryCodes: []int{-1},
 		MinuteCodes:        []int{45011},
 		DayCodes:           []int{45009},
+		TicketCodes:        []int{61005, 61006},
+		IPCodes:            []int{61004},
+		// 40125 invalid appsecret, 40013 invalid appid, 41002/41004 missing.
+		CredentialCodes: []int{40125, 40013, 41002, 41004},
 	}
 }
 
@@ -77,7 +90,8 @@ type ResumeAt int
 
 // When pauses end.
 const (
-	// ResumeAfterOperatorPause: after Config.OperatorPause, or a new ticket.
+	// ResumeAfterOperatorPause: after Config.OperatorPause (or sooner: a
+	// new ticket for the ticket kinds, an operator's resume for all).
 	ResumeAfterOperatorPause ResumeAt = iota
 	// ResumeNextMinute: 45011, the per-minute frequency limit.
 	ResumeNextMinute
@@ -88,8 +102,10 @@ const (
 // Decision is the verdict on one outcome.
 type Decision struct {
 	Kind Kind
-	// Resume is set for KindPause.
+	// Resume and Pause are set for KindPause: when it ends by itself, and
+	// what else ends it.
 	Resume ResumeAt
+	Pause  pause.Kind
 	// Reason is a plain-words explanation for the task record.
 	Reason string
 	// APIErr is set when WeChat answered with an errcode.
@@ -133,9 +149,9 @@ func (p Policy) classifyAPI(e *wechat.APIError) Decision {
 	case slices.Contains(p.TokenCodes, e.Code):
 		d.Kind = KindRefreshToken
 	case slices.Contains(p.MinuteCodes, e.Code):
-		d.Kind, d.Resume = KindPause, ResumeNextMinute
+		d.Kind, d.Resume, d.Pause = KindPause, ResumeNextMinute, pause.KindMinuteLimit
 	case slices.Contains(p.DayCodes, e.Code):
-		d.Kind, d.Resume = KindPause, ResumeNextChinaDay
+		d.Kind, d.Resume, d.Pause = KindPause, ResumeNextChinaDay, pause.KindDailyQuota
 	default:
 		d.Kind = KindFail
 	}
@@ -143,21 +159,35 @@ func (p Policy) classifyAPI(e *wechat.APIError) Decision {
 	return d
 }
 
-// A token that cannot be had for a reason only an operator can fix pauses
-// the platform: its changes wait instead of burning attempts and quota.
+// A token that cannot be had for a reason only an operator or time can fix
+// pauses the platform: its changes wait instead of burning attempts and
+// quota.
 func (p Policy) classifyTokenFetch(e *token.FetchError) Decision {
 	var apiErr *wechat.APIError
-	switch {
-	case errors.Is(e, ticket.ErrNoTicket):
-		return Decision{Kind: KindPause, Reason: fmt.Sprintf("no component_verify_ticket stored for platform %s: WeChat pushes one every 10 minutes to the authorization-event URL, or store one with `wxdomain ticket set %s TICKET`", e.AppID, e.AppID)}
-	case errors.As(e, &apiErr) && slices.Contains(p.TokenAPIRetryCodes, apiErr.Code):
-		return Decision{Kind: KindRetry, APIErr: apiErr, Reason: "WeChat could not issue a component token now: " + explain(apiErr)}
-	case errors.As(e, &apiErr) && slices.Contains(p.DayCodes, apiErr.Code):
-		return Decision{Kind: KindPause, Resume: ResumeNextChinaDay, APIErr: apiErr, Reason: "WeChat refused to issue a component token: " + explain(apiErr)}
-	case errors.As(e, &apiErr):
-		return Decision{Kind: KindPause, APIErr: apiErr, Reason: "WeChat refused to issue a component token: " + explain(apiErr)}
+	if errors.Is(e, ticket.ErrNoTicket) {
+		return Decision{Kind: KindPause, Pause: pause.KindNoTicket, Reason: fmt.Sprintf("no component_verify_ticket stored for platform %s: WeChat pushes one every 10 minutes to the authorization-event URL, or store one with `wxdomain ticket set %s TICKET`", e.AppID, e.AppID)}
 	}
-	return Decision{Kind: KindRetry, Reason: e.Error()}
+	if !errors.As(e, &apiErr) {
+		return Decision{Kind: KindRetry, Reason: e.Error()}
+	}
+	d := Decision{Kind: KindPause, APIErr: apiErr, Reason: "WeChat refused to issue a component token: " + explain(apiErr)}
+	switch code := apiErr.Code; {
+	case slices.Contains(p.TokenAPIRetryCodes, code):
+		return Decision{Kind: KindRetry, APIErr: apiErr, Reason: "WeChat could not issue a component token now: " + explain(apiErr)}
+	case slices.Contains(p.DayCodes, code):
+		d.Resume, d.Pause = ResumeNextChinaDay, pause.KindDailyQuota
+	case slices.Contains(p.MinuteCodes, code):
+		d.Resume, d.Pause = ResumeNextMinute, pause.KindMinuteLimit
+	case slices.Contains(p.TicketCodes, code):
+		d.Pause = pause.KindTicketRefused
+	case slices.Contains(p.IPCodes, code):
+		d.Pause = pause.KindIPNotWhitelisted
+	case slices.Contains(p.CredentialCodes, code):
+		d.Pause = pause.KindCredentialsRefused
+	default:
+		d.Pause = pause.KindTokenRefused
+	}
+	return d
 }
 
 // explain turns an errcode into words an operator can act on, keeping
@@ -187,6 +217,8 @@ func explain(e *wechat.APIError) string {
 		what = "the per-minute frequency limit was hit"
 	case 40125:
 		what = "the platform's app secret is wrong (operator needed)"
+	case 40013:
+		what = "WeChat does not know this appid (operator needed: check the platforms file)"
 	default:
 		what = "WeChat refused the change"
 	}

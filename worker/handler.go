@@ -39,7 +39,8 @@ type Config struct {
 	MaxAttempts int           // attempts before giving up; default 12
 	Policy      Policy        // errcode classification; default DefaultPolicy()
 	// OperatorPause is how long a platform that needs an operator waits
-	// before its changes try again (a new ticket ends it sooner); default 10m.
+	// before its changes try again (an operator's resume ends it sooner, a
+	// new ticket too when the ticket was the problem); default 10m.
 	OperatorPause time.Duration
 	// Rate returns a platform's call rate; nil means no limits.
 	Rate func(appid string) limit.Rate
@@ -139,13 +140,38 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pa
 
 // ProcessTask implements asynq.Handler.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	id := t.ResultWriter().TaskID()
+	if !tasks.ValidTaskID(id) {
+		// The id would name the record's key: a task wxdomain did not
+		// produce, with an id of its own making, is not run.
+		h.log.Error("dropping a task whose id is not in wxdomain's form", zap.String("task_id", tasks.Truncate(id)))
+		return fmt.Errorf("task id is not in wxdomain's form: %w", asynq.SkipRetry)
+	}
+	queue, _ := asynq.GetQueueName(ctx)
 	change, err := tasks.ParseJumpDomainChange(t.Payload())
+	if err == nil {
+		// Producers validate, but a bare asynq producer may not: nothing
+		// unchecked reaches a Redis key or WeChat.
+		err = change.ValidateWith(tasks.Rules{MaxDomains: h.cfg.MaxDomains})
+		if err == nil && change.RolloutID != "" && !tasks.ValidRolloutID(change.RolloutID) {
+			err = fmt.Errorf("rollout_id %q is not a rollout id", tasks.Truncate(change.RolloutID))
+		}
+	}
 	if err != nil {
-		h.log.Error("dropping malformed task", zap.String("task_id", t.ResultWriter().TaskID()), zap.Error(err))
+		h.log.Error("dropping a malformed task", zap.String("task_id", id), zap.Error(err))
+		bad := tasks.JumpDomainChange{Platform: change.Platform, Action: change.Action}
+		if !tasks.ValidAppID(bad.Platform) {
+			bad.Platform = ""
+		}
+		_, rerr := h.updateOrCreate(ctx, id, queue, bad, func(r *tasks.Record) error {
+			r.Status, r.Error = tasks.StatusFailed, "the task's payload is not a valid change: "+err.Error()
+			return nil
+		})
+		if rerr != nil && !errors.Is(rerr, tasks.ErrFinal) {
+			return rerr
+		}
 		return fmt.Errorf("%v: %w", err, asynq.SkipRetry)
 	}
-	id := t.ResultWriter().TaskID()
-	queue, _ := asynq.GetQueueName(ctx)
 
 	if change.RolloutID != "" {
 		// A canceled rollout's changes that were queued anyway stop here.
@@ -527,7 +553,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 // process that starts the pause logs it, once per pause.
 func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decision) error {
 	now := time.Now()
-	p := pause.Pause{Reason: d.Reason}
+	p := pause.Pause{Kind: d.Pause, Reason: d.Reason}
 	switch d.Resume {
 	case ResumeNextMinute:
 		p.Until = now.Truncate(time.Minute).Add(time.Minute)
@@ -546,8 +572,8 @@ func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decisi
 	if started {
 		h.cfg.Metrics.PauseStarted(rec.Platform, p.ErrCode)
 		h.log.Warn("platform paused; its changes wait",
-			zap.String("platform", rec.Platform), zap.String("reason", p.Reason),
-			zap.Int("errcode", p.ErrCode), zap.Time("until", p.Until))
+			zap.String("platform", rec.Platform), zap.String("kind", string(p.Kind)), zap.String("reason", p.Reason),
+			zap.Int("errcode", p.ErrCode), zap.Time("until", p.Until), zap.Bool("ends_with_ticket", p.Kind.EndsWithTicket()))
 	} else if cur, ok, err := h.pauses.Get(ctx, rec.Platform); err == nil && ok {
 		p = cur
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -247,12 +248,11 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 	limiter := limit.New(rdb, cfg.KeyPrefix, limit.Rate{PerSecond: cfg.GlobalRate, Burst: cfg.GlobalBurst}, limit.Pacing{
 		Decrease: cfg.BusyDecrease, Increase: cfg.BusyIncrease, MinFactor: cfg.BusyMinFactor,
 	})
+	policy := worker.DefaultPolicy()
+	policy.RetryCodes, policy.TokenCodes, policy.MinuteCodes, policy.DayCodes = cfg.RetryCodes, cfg.TokenCodes, cfg.MinuteCodes, cfg.DayCodes
 	h := worker.NewHandler(store, tokens, wc, pauses, limiter, worker.Config{
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts, OperatorPause: cfg.OperatorPause,
-		Policy: worker.Policy{
-			RetryCodes: cfg.RetryCodes, TokenCodes: cfg.TokenCodes, MinuteCodes: cfg.MinuteCodes, DayCodes: cfg.DayCodes,
-			TokenAPIRetryCodes: worker.DefaultPolicy().TokenAPIRetryCodes,
-		},
+		Policy: policy,
 		Rate: platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,
 		// Deferred tasks come back once the queue's poller sees them due.
 		Lead:       cfg.PollInterval + 100*time.Millisecond,
@@ -272,7 +272,7 @@ func rolloutService(rdb redis.UniversalClient, cfg config.Config, platforms *con
 		all[i] = p.AppID
 	}
 	return rollout.New(rdb, client, rollout.Config{
-		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, BulkQueue: cfg.BulkQueue, Platforms: all, Rules: rules,
+		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, BulkQueue: cfg.BulkQueue, Platforms: all, Rules: rules, TTL: cfg.RolloutTTL,
 	}), client
 }
 
@@ -352,7 +352,7 @@ func (a *app) workerCommand() *cobra.Command {
 				}
 				mux := http.NewServeMux()
 				mux.Handle("GET /metrics", httpapi.MetricsHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), cfg.MetricsPublic, tokens))
-				go func() { _ = serve(ctx, ln, mux) }()
+				go func() { _ = serve(ctx, ln, mux, cfg) }()
 				log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
 			}
 			f, err := newFleet(rdb, cfg, platforms, m, log)
@@ -373,10 +373,21 @@ func (a *app) workerCommand() *cobra.Command {
 
 func (a *app) ticketCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "ticket", Short: "Manage platforms' component_verify_tickets"}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "set APPID TICKET|-",
+	var created string
+	set := &cobra.Command{
+		Use:   "set APPID TICKET|- [--time CREATE_TIME]",
 		Short: "Store a platform's component_verify_ticket (- reads it from standard input, out of sight of ps and shell history)",
-		Args:  cobra.ExactArgs(2),
+		Long: `Stores a platform's component_verify_ticket for the whole fleet.
+
+With --time (WeChat's CreateTime of the ticket, Unix seconds or RFC 3339), a
+ticket created no later than the stored one changes nothing, as for WeChat's
+pushes. Without it the ticket replaces whatever is stored.
+
+A new ticket ends a pause that a ticket cures (no ticket stored, 61005,
+61006) and runs the platform's waiting changes at once. Other pauses (daily
+quota, per-minute limit, IP not whitelisted, wrong secret) stay until their
+time or 'wxdomain platforms resume APPID'.`,
+		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			appid, value := args[0], args[1]
 			if value == "-" {
@@ -387,9 +398,16 @@ func (a *app) ticketCommand() *cobra.Command {
 				value = string(b)
 			}
 			value = strings.TrimSpace(value)
+			var at time.Time
+			if created != "" {
+				var err error
+				if at, err = parseTicketTime(created); err != nil {
+					return fmt.Errorf("--time %q: %w", tasks.Truncate(created), err)
+				}
+			}
 			p, err := a.producer(cmd.Context(), true, func(r tasks.Rules) error {
-				if !r.KnownPlatform(appid) {
-					return fmt.Errorf("platform %s is not in the platforms file", appid)
+				if pr, ok := tasks.CheckPlatform(appid, r); !ok {
+					return fmt.Errorf("platform %q %s", tasks.Truncate(appid), pr.Reason)
 				}
 				return nil
 			})
@@ -397,16 +415,42 @@ func (a *app) ticketCommand() *cobra.Command {
 				return err
 			}
 			defer p.Close()
-			n, err := p.client.SetTicket(cmd.Context(), appid, value)
+			res, err := p.client.SetTicket(cmd.Context(), appid, value, at)
 			if err != nil {
 				return err
 			}
+			if !res.Stored {
+				fmt.Fprintf(a.stdout, "kept the stored component_verify_ticket of %s: it was created at %s, no earlier than this one; nothing changed\n", appid, res.CreatedAt.Format(time.RFC3339))
+				return nil
+			}
 			fmt.Fprintf(a.stdout, "stored the component_verify_ticket of %s\n", appid)
-			if n > 0 {
-				fmt.Fprintf(a.stdout, "lifted the platform's pause; %d waiting changes run now\n", n)
+			if p := res.EndedPause; p != nil {
+				fmt.Fprintf(a.stdout, "ended the platform's pause (%s); %d waiting changes run now\n", p.Kind, res.ResumedChanges)
+			}
+			if p := res.KeptPause; p != nil {
+				fmt.Fprintf(a.stdout, "the platform stays paused (%s) until %s: a ticket does not cure it; end it sooner with `wxdomain platforms resume %s`\n", p.Kind, p.Until.Local().Format(time.DateTime), appid)
 			}
 			return nil
 		},
-	})
+	}
+	set.Flags().StringVar(&created, "time", "", "WeChat's CreateTime of the ticket (Unix seconds or RFC 3339); an older ticket than the stored one changes nothing")
+	cmd.AddCommand(set)
 	return cmd
+}
+
+// parseTicketTime reads a ticket's creation time: Unix seconds or RFC 3339,
+// not in the future (it would make every later push look old).
+func parseTicketTime(s string) (time.Time, error) {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		sec, serr := strconv.ParseInt(s, 10, 64)
+		if serr != nil || sec <= 0 {
+			return time.Time{}, errors.New("want Unix seconds (WeChat's CreateTime) or an RFC 3339 time")
+		}
+		t = time.Unix(sec, 0)
+	}
+	if t.After(time.Now().Add(5 * time.Minute)) {
+		return time.Time{}, errors.New("is in the future; give WeChat's CreateTime in seconds")
+	}
+	return t, nil
 }

@@ -59,7 +59,7 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 	srvErr := make(chan error, 1)
 	sctx, stopServer := context.WithCancel(ctx)
 	defer stopServer()
-	go func() { srvErr <- serve(sctx, ln, sb.Handler()) }()
+	go func() { srvErr <- serve(sctx, ln, sb.Handler(), config.Default()) }()
 
 	dir, err := os.MkdirTemp("", "wxdomain-dev-")
 	if err != nil {
@@ -120,7 +120,7 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 		return fmt.Errorf("--api-addr %s: %w (another wxdomain dev running? pick another with --api-addr)", apiAddr, err)
 	}
 	apiErr := make(chan error, 1)
-	go func() { apiErr <- serve(sctx, apiLn, handler) }()
+	go func() { apiErr <- serve(sctx, apiLn, handler, cfg) }()
 	apiURL := "http://" + apiLn.Addr().String()
 
 	client := tasks.NewClient(rdb, tasks.ClientConfig{

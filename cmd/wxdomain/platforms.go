@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"github.com/wxdomain/wxdomain/internal/ticket"
 	"io"
+	"os"
+	"os/user"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/platform"
 	"github.com/wxdomain/wxdomain/internal/token"
+	"github.com/wxdomain/wxdomain/tasks"
 )
 
 func (a *app) platformsCommand() *cobra.Command {
@@ -50,7 +53,80 @@ func (a *app) platformsCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	cmd.AddCommand(a.resumeCommand())
 	return cmd
+}
+
+func (a *app) resumeCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "resume APPID [--json]",
+		Short: "End a platform's pause now (any kind: quota, frequency, IP whitelist, secret, ticket) and run its waiting changes",
+		Long: `Ends whatever pause the platform is in, for the whole fleet, and runs its
+waiting changes at once. Use it once the cause is fixed: the server's IP is
+whitelisted, the secret corrected, the quota cleared with clear_quota. A pause
+you do not end yourself ends at its time (shown by 'wxdomain platforms'); a
+new ticket ends only the pauses a ticket cures.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			appid := args[0]
+			p, err := a.producer(cmd.Context(), true, func(r tasks.Rules) error {
+				if pr, ok := tasks.CheckPlatform(appid, r); !ok {
+					return fmt.Errorf("platform %q %s", tasks.Truncate(appid), pr.Reason)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			res, err := p.client.Resume(cmd.Context(), appid)
+			if err != nil {
+				return err
+			}
+			a.auditResume(appid, res)
+			if asJSON {
+				return a.printJSON(struct {
+					Platform string `json:"platform"`
+					tasks.ResumeResult
+				}{appid, res})
+			}
+			if res.EndedPause == nil {
+				fmt.Fprintf(a.stdout, "platform %s was not paused; %d waiting changes run now\n", appid, res.ResumedChanges)
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "ended the pause of %s (%s, until %s: %s); %d waiting changes run now\n",
+				appid, res.EndedPause.Kind, res.EndedPause.Until.Local().Format(time.DateTime), res.EndedPause.Reason, res.ResumedChanges)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// auditResume logs an operator's resume, once, with who asked.
+func (a *app) auditResume(appid string, res tasks.ResumeResult) {
+	cfg, err := a.config()
+	if err != nil {
+		return
+	}
+	log, err := a.logger(cfg)
+	if err != nil {
+		return
+	}
+	who := "cli"
+	if u, err := user.Current(); err == nil {
+		who += " user " + u.Username
+	}
+	if h, err := os.Hostname(); err == nil {
+		who += " on " + h
+	}
+	fields := []zap.Field{zap.String("platform", appid), zap.String("requested_by", who), zap.Int("resumed_changes", res.ResumedChanges)}
+	if p := res.EndedPause; p != nil {
+		fields = append(fields, zap.String("pause_kind", string(p.Kind)), zap.Time("pause_until", p.Until), zap.String("pause_reason", p.Reason))
+	}
+	log.Info("platform resumed by an operator", fields...)
+	_ = log.Sync()
 }
 
 func printPlatforms(w io.Writer, report []platform.Status, now time.Time) error {
@@ -70,8 +146,12 @@ func printPlatforms(w io.Writer, report []platform.Status, now time.Time) error 
 			ticket = "received " + ago(now, s.Ticket.ReceivedAt)
 		}
 		cond := "ok"
-		if s.Pause != nil {
-			cond = fmt.Sprintf("paused until %s: %s", s.Pause.Until.Local().Format("15:04:05"), s.Pause.Reason)
+		if p := s.Pause; p != nil {
+			ends := "or on resume"
+			if p.EndsWithTicket {
+				ends = "or on a new ticket or resume"
+			}
+			cond = fmt.Sprintf("paused (%s) until %s %s: %s", p.Kind, p.Until.Local().Format(time.DateTime), ends, p.Reason)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", s.AppID, tok, fetched, s.Token.FetchesToday, ticket, cond)
 	}

@@ -47,7 +47,7 @@ tokens and lists calls; see the README.`,
 				return fmt.Errorf("--addr %s: %w", addr, err)
 			}
 			fmt.Fprintf(a.stdout, "sandbox WeChat API listening on http://%s (admin API: http://%s/sandbox/)\n", ln.Addr(), ln.Addr())
-			return serve(cmd.Context(), ln, sb.Handler())
+			return serve(cmd.Context(), ln, sb.Handler(), config.Default())
 		},
 	}
 	f := cmd.Flags()
@@ -77,8 +77,17 @@ func (a *app) seedSandbox(sb *wechattest.Sandbox) error {
 }
 
 // serve runs an HTTP server until ctx ends, then shuts it down gracefully.
-func serve(ctx context.Context, ln net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+// Its limits come from the settings: no connection is held by a slowly
+// sent request, and no idle one is kept for long.
+func serve(ctx context.Context, ln net.Listener, h http.Handler, cfg config.Config) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: min(10*time.Second, cfg.HTTPReadTimeout),
+		ReadTimeout:       cfg.HTTPReadTimeout,
+		WriteTimeout:      cfg.HTTPWriteTimeout,
+		IdleTimeout:       cfg.HTTPIdleTimeout,
+		MaxHeaderBytes:    cfg.HTTPMaxHeaderBytes,
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

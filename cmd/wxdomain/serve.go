@@ -66,7 +66,7 @@ func (a *app) serveCommand() *cobra.Command {
 			errc := make(chan error, 2)
 			sctx, stop := context.WithCancel(ctx)
 			defer stop()
-			go func() { errc <- serve(sctx, ln, handler) }()
+			go func() { errc <- serve(sctx, ln, handler, cfg) }()
 			running := 1
 			if withWorker {
 				f, err := newFleet(rdb, cfg, platforms, m, log)
@@ -120,18 +120,22 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 	}
 	rollouts, client := rolloutService(rdb, cfg, platforms)
 	return httpapi.New(httpapi.Config{
-		Client:        client,
-		Rollouts:      rollouts,
-		Platforms:     platformReporter(rdb, cfg, platforms),
-		KnownPlatform: platforms.Has,
-		Events:        events,
-		Monitoring:    monitor.New(rdb, "/monitoring"),
-		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
-		MetricsPublic: cfg.MetricsPublic,
-		Ready:         func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
-		Tokens:        tokens,
-		MaxBody:       int64(cfg.MaxBody),
-		Log:           log.Named("api"),
+		Client:          client,
+		Rollouts:        rollouts,
+		Platforms:       platformReporter(rdb, cfg, platforms),
+		KnownPlatform:   platforms.Has,
+		Events:          events,
+		Monitoring:      monitor.New(rdb, "/monitoring"),
+		Metrics:         promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		MetricsPublic:   cfg.MetricsPublic,
+		Ready:           func(ctx context.Context) error { return rdb.Ping(ctx).Err() },
+		Tokens:          tokens,
+		TrustedOrigins:  cfg.TrustedOrigins,
+		MaxBody:         int64(cfg.MaxBody),
+		MaxWait:         cfg.LongPollMax(),
+		PushMaxSkew:     cfg.PushMaxSkew,
+		PushReadTimeout: min(httpapi.DefaultPushReadTimeout, cfg.HTTPReadTimeout),
+		Log:             log.Named("api"),
 	}), nil
 }
 

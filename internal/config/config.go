@@ -47,6 +47,19 @@ type Config struct {
 	MetricsPublic   bool
 	MaxBody         int
 	MetricsAddr     string
+	// The HTTP server's limits (serve, dev, a worker's metrics).
+	HTTPReadTimeout    time.Duration
+	HTTPWriteTimeout   time.Duration
+	HTTPIdleTimeout    time.Duration
+	HTTPMaxHeaderBytes int
+	// TrustedOrigins may send state-changing browser requests besides the
+	// server's own origin.
+	TrustedOrigins []string
+	// PushMaxSkew: a WeChat push whose timestamp is further from now is
+	// refused as a replay.
+	PushMaxSkew time.Duration
+	// RolloutTTL is how long a finished rollout stays readable.
+	RolloutTTL time.Duration
 	// APITokens authenticate the HTTP API; never logged.
 	APITokens []Secret
 	// Errcode classification of modify_wxa_jump_domain (see worker.Policy).
@@ -91,6 +104,13 @@ func Default() Config {
 		BulkQueue:       tasks.QueueBulk,
 		HTTPAddr:        "127.0.0.1:8080",
 		MaxBody:         1 << 20,
+		// A 1 MiB body at 35 KB/s; a 60s long poll plus slack.
+		HTTPReadTimeout:    30 * time.Second,
+		HTTPWriteTimeout:   90 * time.Second,
+		HTTPIdleTimeout:    2 * time.Minute,
+		HTTPMaxHeaderBytes: 64 << 10,
+		PushMaxSkew:        5 * time.Minute,
+		RolloutTTL:         30 * 24 * time.Hour,
 		Queue:           tasks.QueueDefault,
 		KeyPrefix:       tasks.DefaultPrefix,
 		LogLevel:        zapcore.InfoLevel,
@@ -141,6 +161,10 @@ var Settings = []Setting{
 		return nil
 	}},
 	{"WXDOMAIN_MAX_BODY", intSetting(func(c *Config) *int { return &c.MaxBody }, 1024, 64<<20)},
+	{"WXDOMAIN_HTTP_READ_TIMEOUT", durationSetting(func(c *Config) *time.Duration { return &c.HTTPReadTimeout }, time.Second)},
+	{"WXDOMAIN_HTTP_WRITE_TIMEOUT", durationSetting(func(c *Config) *time.Duration { return &c.HTTPWriteTimeout }, 10*time.Second)},
+	{"WXDOMAIN_HTTP_IDLE_TIMEOUT", durationSetting(func(c *Config) *time.Duration { return &c.HTTPIdleTimeout }, time.Second)},
+	{"WXDOMAIN_HTTP_MAX_HEADER_BYTES", intSetting(func(c *Config) *int { return &c.HTTPMaxHeaderBytes }, 4<<10, 1<<20)},
 	{"WXDOMAIN_METRICS_PUBLIC", func(c *Config, v string) error {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
@@ -165,6 +189,20 @@ var Settings = []Setting{
 				return fmt.Errorf("token %d is shorter than 16 characters", i+1)
 			}
 			c.APITokens = append(c.APITokens, Secret(t))
+		}
+		return nil
+	}},
+	{"WXDOMAIN_PUSH_MAX_SKEW", durationSetting(func(c *Config) *time.Duration { return &c.PushMaxSkew }, 10*time.Second)},
+	{"WXDOMAIN_ROLLOUT_TTL", durationSetting(func(c *Config) *time.Duration { return &c.RolloutTTL }, time.Second)},
+	{"WXDOMAIN_TRUSTED_ORIGINS", func(c *Config, v string) error {
+		c.TrustedOrigins = nil
+		for _, o := range strings.Split(v, ",") {
+			o = strings.TrimSpace(o)
+			u, err := url.Parse(o)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+				return fmt.Errorf("%q: want origins such as https://ops.example.com (scheme and host, no path), comma-separated", o)
+			}
+			c.TrustedOrigins = append(c.TrustedOrigins, o)
 		}
 		return nil
 	}},
@@ -206,6 +244,12 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		errs = append(errs, err)
 	}
 	return c, errors.Join(errs...)
+}
+
+// LongPollMax is the longest long poll the API grants: 60s, and always
+// ending 5s before the server's write timeout cuts the answer.
+func (c Config) LongPollMax() time.Duration {
+	return min(60*time.Second, c.HTTPWriteTimeout-5*time.Second)
 }
 
 // Check validates relations between settings (after flags override them).

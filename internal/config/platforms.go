@@ -9,6 +9,8 @@ import (
 	"regexp"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/wxdomain/wxdomain/tasks"
 )
 
 // Secret holds a platform's app secret. It prints as [redacted] however it
@@ -42,7 +44,6 @@ type Platforms struct {
 	byID map[string]int
 }
 
-var appidRe = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 var envRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // LoadPlatforms reads a platforms file. Secrets named by secret_env are not
@@ -76,8 +77,9 @@ func ParsePlatforms(b []byte) (*Platforms, error) {
 	var errs []error
 	for i, pl := range doc.Platforms {
 		at := fmt.Sprintf("platforms[%d]", i)
-		if !appidRe.MatchString(pl.AppID) {
-			errs = append(errs, fmt.Errorf("%s.appid %q: want letters, digits, '_' or '-' (at most 64)", at, pl.AppID))
+		if !tasks.ValidAppID(pl.AppID) {
+			// Appids become parts of Redis keys: only WeChat's form is taken.
+			errs = append(errs, fmt.Errorf("%s.appid %q: not a component appid: want %s", at, tasks.Truncate(pl.AppID), tasks.AppIDForm))
 		}
 		if _, dup := p.byID[pl.AppID]; dup {
 			errs = append(errs, fmt.Errorf("%s.appid %s: listed twice", at, pl.AppID))

@@ -13,8 +13,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,8 +36,14 @@ var OpenAPI []byte
 // DefaultMaxBody caps request bodies.
 const DefaultMaxBody = 1 << 20
 
-// maxWait bounds a long poll.
-const maxWait = 60 * time.Second
+// Defaults of the push endpoint.
+const (
+	DefaultPushMaxSkew     = 5 * time.Minute
+	DefaultPushReadTimeout = 10 * time.Second
+)
+
+// DefaultMaxWait bounds a long poll.
+const DefaultMaxWait = 60 * time.Second
 
 // Config is what the API needs.
 type Config struct {
@@ -58,14 +67,29 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// Tokens are the accepted bearer tokens; none accepts nothing on /v1.
 	Tokens []string
+	// TrustedOrigins may send state-changing browser requests besides the
+	// server's own origin (a reverse proxy that rewrites Host), such as
+	// https://ops.example.com.
+	TrustedOrigins []string
 	// MaxBody caps request bodies; default DefaultMaxBody.
 	MaxBody int64
+	// PushMaxSkew: a push whose timestamp is further from now is refused
+	// (a replay); default DefaultPushMaxSkew.
+	PushMaxSkew time.Duration
+	// PushReadTimeout bounds reading a push; default DefaultPushReadTimeout.
+	PushReadTimeout time.Duration
+	// MaxWait bounds a long poll (?wait=); default DefaultMaxWait. It
+	// must end before the server's write timeout.
+	MaxWait time.Duration
 	Log     *zap.Logger
 }
 
 type api struct {
 	cfg    Config
 	tokens [][]byte
+
+	refusedMu sync.Mutex
+	refused   map[string]*refusals
 }
 
 // New returns the API's handler.
@@ -73,7 +97,16 @@ func New(cfg Config) http.Handler {
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = DefaultMaxBody
 	}
-	a := &api{cfg: cfg}
+	if cfg.MaxWait <= 0 {
+		cfg.MaxWait = DefaultMaxWait
+	}
+	if cfg.PushMaxSkew <= 0 {
+		cfg.PushMaxSkew = DefaultPushMaxSkew
+	}
+	if cfg.PushReadTimeout <= 0 {
+		cfg.PushReadTimeout = DefaultPushReadTimeout
+	}
+	a := &api{cfg: cfg, refused: map[string]*refusals{}}
 	for _, t := range cfg.Tokens {
 		a.tokens = append(a.tokens, []byte(t))
 	}
@@ -87,6 +120,7 @@ func New(cfg Config) http.Handler {
 	mux.Handle("POST /v1/changes/{id}/cancel", a.auth(a.cancelChange))
 	mux.Handle("GET /v1/platforms", a.auth(a.listPlatforms))
 	mux.Handle("PUT /v1/platforms/{appid}/ticket", a.auth(a.putTicket))
+	mux.Handle("POST /v1/platforms/{appid}/resume", a.auth(a.resumePlatform))
 	if cfg.Rollouts != nil {
 		mux.Handle("POST /v1/rollouts", a.auth(a.createRollout))
 		mux.Handle("GET /v1/rollouts", a.auth(a.listRollouts))
@@ -110,7 +144,41 @@ func New(cfg Config) http.Handler {
 	mux.Handle("/v1/", a.auth(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path, nil)
 	}))
-	return mux
+	return sameOrigin(mux, cfg.TrustedOrigins)
+}
+
+// sameOrigin refuses state-changing browser requests from other sites on
+// every route: a browser resends basic-auth credentials with a cross-site
+// form post, so a page an operator visits could otherwise pause queues,
+// delete tasks or start rollouts. It checks Sec-Fetch-Site where a browser
+// sends it, else Origin, else Referer, against the request's host.
+// Requests with none of them (curl, services, WeChat's pushes) are not
+// browser requests and pass.
+func sameOrigin(h http.Handler, trusted []string) http.Handler {
+	cop := http.NewCrossOriginProtection()
+	for _, o := range trusted {
+		_ = cop.AddTrustedOrigin(o) // checked when the settings were read
+	}
+	refuse := func(w http.ResponseWriter, why string) {
+		writeError(w, http.StatusForbidden, "cross_site_request", "cross-site request refused: "+why+"; state-changing requests must come from this server's own pages", nil)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := cop.Check(r); err != nil {
+			refuse(w, "Sec-Fetch-Site or Origin names another site")
+			return
+		}
+		safe := r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == http.MethodOptions
+		if !safe && r.Header.Get("Sec-Fetch-Site") == "" && r.Header.Get("Origin") == "" {
+			if ref := r.Header.Get("Referer"); ref != "" {
+				u, err := url.Parse(ref)
+				if err != nil || (!strings.EqualFold(u.Host, r.Host) && !slices.Contains(trusted, u.Scheme+"://"+u.Host)) {
+					refuse(w, "Referer names another site")
+					return
+				}
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // MetricsHandler guards a metrics handler: open when public, else it needs
@@ -130,30 +198,54 @@ func MetricsHandler(h http.Handler, public bool, tokens []string) http.Handler {
 // bearer token or as the password of basic auth (what a browser can send).
 // Comparisons take constant time.
 func Authorized(r *http.Request, tokens [][]byte) bool {
-	var given string
+	_, ok := authorizedAs(r, tokens)
+	return ok
+}
+
+// authorizedAs also says who asked, for the audit log: the token's place
+// in WXDOMAIN_API_TOKENS (never the token) and a basic-auth user name.
+func authorizedAs(r *http.Request, tokens [][]byte) (string, bool) {
+	var given, user string
 	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
 		given = strings.TrimPrefix(h, "Bearer ")
-	} else if _, pw, ok := r.BasicAuth(); ok {
-		given = pw
+	} else if u, pw, ok := r.BasicAuth(); ok {
+		given, user = pw, u
 	}
 	if given == "" {
-		return false
+		return "", false
 	}
-	ok := 0
-	for _, t := range tokens {
-		ok |= subtle.ConstantTimeCompare([]byte(given), t)
+	match := 0
+	for i, t := range tokens {
+		eq := subtle.ConstantTimeCompare([]byte(given), t)
+		match = subtle.ConstantTimeSelect(eq, i+1, match)
 	}
-	return ok == 1
+	if match == 0 {
+		return "", false
+	}
+	who := fmt.Sprintf("api token %d", match)
+	if user != "" {
+		who += fmt.Sprintf(" (user %q)", tasks.Truncate(user))
+	}
+	return who, true
+}
+
+type callerKey struct{}
+
+// caller is who made an authenticated request.
+func caller(r *http.Request) string {
+	who, _ := r.Context().Value(callerKey{}).(string)
+	return who
 }
 
 func (a *api) auth(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !Authorized(r, a.tokens) {
+		who, ok := authorizedAs(r, a.tokens)
+		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="wxdomain"`)
 			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid Authorization: Bearer token is required", nil)
 			return
 		}
-		h(w, r)
+		h(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, who)))
 	})
 }
 
@@ -262,13 +354,17 @@ func (a *api) getChange(w http.ResponseWriter, r *http.Request) {
 		rec *tasks.Record
 		err error
 	)
+	var d time.Duration
 	if v := r.URL.Query().Get("wait"); v != "" {
-		d, perr := time.ParseDuration(v)
-		if perr != nil || d < 0 {
+		var perr error
+		if d, perr = time.ParseDuration(v); perr != nil {
 			writeError(w, http.StatusBadRequest, "invalid_wait", "wait must be a duration such as 30s", nil)
 			return
 		}
-		wctx, cancel := context.WithTimeout(ctx, min(d, maxWait))
+	}
+	if d > 0 {
+		// A wait of zero or less is an ordinary read.
+		wctx, cancel := context.WithTimeout(ctx, min(d, a.cfg.MaxWait))
 		defer cancel()
 		rec, err = a.cfg.Client.Wait(wctx, id)
 		if errors.Is(err, context.DeadlineExceeded) && rec != nil {
@@ -310,14 +406,25 @@ func (a *api) listPlatforms(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"platforms": report})
 }
 
+// knownPlatform checks a path's appid: its form, then the platforms file.
+// Anything else is answered 404 before it touches Redis.
+func (a *api) knownPlatform(w http.ResponseWriter, appid string) bool {
+	if !tasks.ValidAppID(appid) || !a.cfg.KnownPlatform(appid) {
+		writeError(w, http.StatusNotFound, tasks.CodeUnknownPlatform, "platform is not in the platforms file", nil)
+		return false
+	}
+	return true
+}
+
 func (a *api) putTicket(w http.ResponseWriter, r *http.Request) {
 	appid := r.PathValue("appid")
-	if !a.cfg.KnownPlatform(appid) {
-		writeError(w, http.StatusNotFound, tasks.CodeUnknownPlatform, "platform is not in the platforms file", nil)
+	if !a.knownPlatform(w, appid) {
 		return
 	}
 	var body struct {
 		Ticket string `json:"component_verify_ticket"`
+		// CreateTime is WeChat's CreateTime of the ticket, in Unix seconds.
+		CreateTime *int64 `json:"create_time"`
 	}
 	if !a.decodeBody(w, r, func(b io.Reader) error {
 		dec := json.NewDecoder(b)
@@ -326,7 +433,15 @@ func (a *api) putTicket(w http.ResponseWriter, r *http.Request) {
 	}) {
 		return
 	}
-	n, err := a.cfg.Client.SetTicket(r.Context(), appid, strings.TrimSpace(body.Ticket))
+	var created time.Time
+	if body.CreateTime != nil {
+		var err error
+		if created, err = a.ticketTime(*body.CreateTime); err != nil {
+			writeError(w, http.StatusUnprocessableEntity, "invalid_create_time", "create_time "+err.Error(), nil)
+			return
+		}
+	}
+	res, err := a.cfg.Client.SetTicket(r.Context(), appid, strings.TrimSpace(body.Ticket), created)
 	if errors.Is(err, tasks.ErrInvalidTicket) {
 		writeError(w, http.StatusUnprocessableEntity, "invalid_ticket", err.Error(), nil)
 		return
@@ -335,55 +450,163 @@ func (a *api) putTicket(w http.ResponseWriter, r *http.Request) {
 		a.internal(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"platform": appid, "resumed_changes": n})
+	writeJSON(w, http.StatusOK, struct {
+		Platform string `json:"platform"`
+		tasks.TicketResult
+	}{appid, res})
+}
+
+// ticketTime checks a ticket's creation time (Unix seconds): a time in the
+// future would make every later push look old, so it is refused.
+func (a *api) ticketTime(sec int64) (time.Time, error) {
+	t := time.Unix(sec, 0)
+	if sec <= 0 || t.After(time.Now().Add(a.cfg.PushMaxSkew)) {
+		return time.Time{}, fmt.Errorf("%d is not a time in Unix seconds up to now (WeChat's CreateTime)", sec)
+	}
+	return t, nil
+}
+
+func (a *api) resumePlatform(w http.ResponseWriter, r *http.Request) {
+	appid := r.PathValue("appid")
+	if !a.knownPlatform(w, appid) {
+		return
+	}
+	res, err := a.cfg.Client.Resume(r.Context(), appid)
+	if err != nil {
+		a.internal(w, r, err)
+		return
+	}
+	fields := []zap.Field{zap.String("platform", appid), zap.String("requested_by", caller(r)),
+		zap.String("remote_addr", r.RemoteAddr), zap.Int("resumed_changes", res.ResumedChanges)}
+	if p := res.EndedPause; p != nil {
+		fields = append(fields, zap.String("pause_kind", string(p.Kind)), zap.Time("pause_until", p.Until), zap.String("pause_reason", p.Reason))
+	}
+	a.cfg.Log.Info("platform resumed by an operator", fields...)
+	writeJSON(w, http.StatusOK, struct {
+		Platform string `json:"platform"`
+		tasks.ResumeResult
+	}{appid, res})
 }
 
 // maxEventBody caps WeChat's pushes, which are a few hundred bytes.
 const maxEventBody = 64 << 10
 
-// wechatEvent receives WeChat's authorization-event pushes: it verifies the
-// signature, decrypts, stores component_verify_ticket events and answers
-// "success". A push that fails verification stores nothing.
+// errPushRefused is what a push that fails verification is told, whether
+// its appid is unknown, has no push settings, or its signature is wrong:
+// strangers learn nothing about which appids exist.
+var errPushRefused = errors.New("push refused: the signature does not verify")
+
+// wechatEvent receives WeChat's authorization-event pushes: it checks the
+// push is fresh, verifies the signature, decrypts, stores a
+// component_verify_ticket newer than the one stored, and answers
+// "success". A push that fails a check stores nothing.
 func (a *api) wechatEvent(w http.ResponseWriter, r *http.Request) {
+	// A push is a few hundred bytes: one sent slowly is cut off early.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(a.cfg.PushReadTimeout))
 	appid := r.PathValue("appid")
 	c, ok := a.cfg.Events(appid)
-	if !ok {
-		http.Error(w, "unknown platform", http.StatusNotFound)
-		return
+	if !tasks.ValidAppID(appid) || !ok {
+		appid, c = "", nil
 	}
 	var envelope struct {
-		AppID   string `xml:"AppId"`
 		Encrypt string `xml:"Encrypt"`
 	}
 	if err := xml.NewDecoder(http.MaxBytesReader(w, r.Body, maxEventBody)).Decode(&envelope); err != nil {
+		a.pushRefused(appid, "malformed body")
 		http.Error(w, "malformed push", http.StatusBadRequest)
 		return
 	}
 	q := r.URL.Query()
+	sent, err := strconv.ParseInt(q.Get("timestamp"), 10, 64)
+	if skew := time.Since(time.Unix(sent, 0)); err != nil || skew > a.cfg.PushMaxSkew || skew < -a.cfg.PushMaxSkew {
+		// A captured push sent again later is refused here.
+		why := fmt.Sprintf("push refused: its timestamp is missing or more than %s from the server's time (a replayed or delayed push)", a.cfg.PushMaxSkew)
+		a.pushRefused(appid, "stale timestamp")
+		http.Error(w, why, http.StatusForbidden)
+		return
+	}
+	if c == nil {
+		a.pushRefused(appid, "no push settings")
+		http.Error(w, errPushRefused.Error(), http.StatusForbidden)
+		return
+	}
 	plain, err := c.Decrypt(q.Get("msg_signature"), q.Get("timestamp"), q.Get("nonce"), envelope.Encrypt)
 	if err != nil {
-		a.cfg.Log.Warn("WeChat push refused", zap.String("platform", appid), zap.Error(err))
-		http.Error(w, "push refused: "+err.Error(), http.StatusForbidden)
+		a.pushRefused(appid, err.Error())
+		if errors.Is(err, wxcrypt.ErrSignature) {
+			err = errPushRefused
+		}
+		http.Error(w, "push refused: "+strings.TrimPrefix(err.Error(), "push refused: "), http.StatusForbidden)
 		return
 	}
 	var event struct {
-		InfoType string `xml:"InfoType"`
-		Ticket   string `xml:"ComponentVerifyTicket"`
+		InfoType   string `xml:"InfoType"`
+		Ticket     string `xml:"ComponentVerifyTicket"`
+		CreateTime int64  `xml:"CreateTime"`
 	}
 	if err := xml.Unmarshal(plain, &event); err != nil {
 		http.Error(w, "malformed event", http.StatusBadRequest)
 		return
 	}
 	if event.InfoType == "component_verify_ticket" {
-		if _, err := a.cfg.Client.SetTicket(r.Context(), appid, strings.TrimSpace(event.Ticket)); err != nil {
+		created := event.CreateTime
+		if created == 0 {
+			created = sent // signed and checked above
+		}
+		at, err := a.ticketTime(created)
+		if err != nil {
+			a.pushRefused(appid, "CreateTime in the future")
+			http.Error(w, "push refused: CreateTime "+err.Error(), http.StatusForbidden)
+			return
+		}
+		res, err := a.cfg.Client.SetTicket(r.Context(), appid, strings.TrimSpace(event.Ticket), at)
+		if err != nil {
 			// WeChat pushes again in ten minutes; a 500 makes it retry sooner.
 			a.cfg.Log.Error("could not store a pushed ticket", zap.String("platform", appid), zap.Error(err))
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
+		if !res.Stored {
+			// An older push (replayed, or overtaken): answered success so
+			// that WeChat does not retry it, but nothing changed.
+			a.cfg.Log.Debug("older ticket push ignored", zap.String("platform", appid), zap.Time("create_time", at), zap.Time("stored_create_time", res.CreatedAt))
+		}
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	_, _ = io.WriteString(w, "success")
+}
+
+// pushRefused logs refused pushes at most once a minute per platform (all
+// unknown appids share one line), with how many were refused since.
+func (a *api) pushRefused(appid, reason string) {
+	key := appid
+	if key == "" {
+		key = "(unknown or without push settings)"
+	}
+	a.refusedMu.Lock()
+	e := a.refused[key]
+	if e == nil {
+		if len(a.refused) > 1000 {
+			clear(a.refused) // bounded, whatever arrives
+		}
+		e = &refusals{}
+		a.refused[key] = e
+	}
+	e.count++
+	now := time.Now()
+	if now.Sub(e.logged) < time.Minute {
+		a.refusedMu.Unlock()
+		return
+	}
+	n := e.count
+	e.count, e.logged = 0, now
+	a.refusedMu.Unlock()
+	a.cfg.Log.Warn("WeChat pushes refused", zap.String("platform", key), zap.Int("refused", n), zap.String("last_reason", reason))
+}
+
+type refusals struct {
+	count  int
+	logged time.Time
 }
 
 // rolloutRequest is the body of POST /v1/rollouts; platforms is a list of
@@ -510,10 +733,32 @@ type errorBody struct {
 	} `json:"error"`
 }
 
+// Error answers stay small whatever the request held: the message is cut,
+// then listed problems are dropped until the answer fits.
+const (
+	maxErrorMessage = 2 << 10
+	maxErrorBody    = 16 << 10
+)
+
 func writeError(w http.ResponseWriter, status int, code, msg string, details any) {
+	if len(msg) > maxErrorMessage {
+		msg = strings.ToValidUTF8(msg[:maxErrorMessage], "") + "… (cut short)"
+	}
 	var b errorBody
 	b.Error.Code, b.Error.Message, b.Error.Details = code, msg, details
-	writeJSON(w, status, b)
+	raw, _ := json.Marshal(b)
+	for len(raw) > maxErrorBody && b.Error.Details != nil {
+		if ps, ok := b.Error.Details.([]tasks.Problem); ok && len(ps) > 1 {
+			b.Error.Details = ps[:len(ps)/2]
+		} else {
+			b.Error.Details = nil
+		}
+		raw, _ = json.Marshal(b)
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(raw, '\n'))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

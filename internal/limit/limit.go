@@ -94,7 +94,10 @@ func New(rdb redis.UniversalClient, prefix string, global Rate, pacing Pacing) *
 func (l *Limiter) tatKey(appid string) string    { return l.prefix + "limit:" + appid }
 func (l *Limiter) factorKey(appid string) string { return l.prefix + "limit_factor:" + appid }
 func (l *Limiter) windowKey(appid string) string { return l.prefix + "limit_busy:" + appid }
-func (l *Limiter) globalKey() string             { return l.prefix + "limit:_global" }
+
+// The global lane lives outside the "limit:" namespace of appids, so that
+// no appid can name it.
+func (l *Limiter) globalKey() string { return l.prefix + "limit_global" }
 
 // reserveScript: KEYS platform TAT, global TAT, platform factor.
 // ARGV platform interval µs, platform burst, global interval µs, global

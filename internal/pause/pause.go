@@ -16,11 +16,40 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// Kind is why a platform is paused, which decides what ends the pause.
+type Kind string
+
+// The kinds of pause. Every pause ends at its time or when an operator
+// resumes the platform; only the ticket kinds also end when a new
+// component_verify_ticket arrives, because only they are cured by one.
+const (
+	// KindNoTicket: no component_verify_ticket is stored.
+	KindNoTicket Kind = "no_ticket"
+	// KindTicketRefused: the token API refused the ticket (61005, 61006).
+	KindTicketRefused Kind = "ticket_refused"
+	// KindIPNotWhitelisted: the token API refused this server's IP (61004).
+	KindIPNotWhitelisted Kind = "ip_not_whitelisted"
+	// KindCredentialsRefused: a wrong secret or appid (40125, 40013, ...).
+	KindCredentialsRefused Kind = "credentials_refused"
+	// KindTokenRefused: any other refusal to issue a component token.
+	KindTokenRefused Kind = "token_refused"
+	// KindMinuteLimit: the per-minute frequency limit (45011).
+	KindMinuteLimit Kind = "minute_limit"
+	// KindDailyQuota: the daily quota (45009), until 00:00 China time.
+	KindDailyQuota Kind = "daily_quota"
+)
+
+// EndsWithTicket reports whether a new ticket cures this kind of pause.
+func (k Kind) EndsWithTicket() bool { return k == KindNoTicket || k == KindTicketRefused }
+
 // Pause is why and until when a platform's changes wait.
 type Pause struct {
+	Kind    Kind      `json:"kind"`
 	Reason  string    `json:"reason"`
 	ErrCode int       `json:"errcode,omitempty"`
 	Until   time.Time `json:"until"`
+	// EndsWithTicket: a new ticket ends the pause before Until.
+	EndsWithTicket bool `json:"ends_with_ticket"`
 }
 
 // Store keeps pauses and deferred changes in Redis.
@@ -38,6 +67,10 @@ func NewStore(rdb redis.UniversalClient, prefix string) *Store {
 func (s *Store) key(appid string) string         { return s.prefix + "pause:" + appid }
 func (s *Store) deferredKey(appid string) string { return s.prefix + "deferred:" + appid }
 
+// refusalKey is the token source's memory of the token API's last refusal
+// (token.RefusalKey); an operator's resume forgets it too.
+func (s *Store) refusalKey(appid string) string { return s.prefix + "token_refusal:" + appid }
+
 // Set pauses a platform unless it is already paused, and reports whether
 // this call started the pause: the caller that did logs it, once for the
 // whole fleet.
@@ -46,10 +79,7 @@ func (s *Store) Set(ctx context.Context, appid string, p Pause) (bool, error) {
 	if ttl <= 0 {
 		return false, nil
 	}
-	// A hash cannot be written with NX in one command, so the pause is one
-	// string: "until_ms|errcode|reason".
-	v := strconv.FormatInt(p.Until.UnixMilli(), 10) + "|" + strconv.Itoa(p.ErrCode) + "|" + p.Reason
-	ok, err := s.rdb.SetNX(ctx, s.key(appid), v, ttl).Result()
+	ok, err := s.rdb.SetNX(ctx, s.key(appid), format(p), ttl).Result()
 	if err != nil {
 		return false, fmt.Errorf("pause platform %s: %w", appid, err)
 	}
@@ -58,34 +88,77 @@ func (s *Store) Set(ctx context.Context, appid string, p Pause) (bool, error) {
 
 // Get returns the platform's pause, if one is in force.
 func (s *Store) Get(ctx context.Context, appid string) (Pause, bool, error) {
+	p, _, ok, err := s.get(ctx, appid)
+	return p, ok, err
+}
+
+// get also returns the pause as stored, for compare-and-delete.
+func (s *Store) get(ctx context.Context, appid string) (Pause, string, bool, error) {
 	v, err := s.rdb.Get(ctx, s.key(appid)).Result()
 	if errors.Is(err, redis.Nil) {
-		return Pause{}, false, nil
+		return Pause{}, "", false, nil
 	}
 	if err != nil {
-		return Pause{}, false, fmt.Errorf("read pause of %s: %w", appid, err)
+		return Pause{}, "", false, fmt.Errorf("read pause of %s: %w", appid, err)
 	}
 	p, err := parse(v)
 	if err != nil {
-		return Pause{}, false, fmt.Errorf("read pause of %s: %w", appid, err)
+		return Pause{}, "", false, fmt.Errorf("read pause of %s: %w", appid, err)
 	}
 	if !s.now().Before(p.Until) {
-		return Pause{}, false, nil
+		return Pause{}, "", false, nil
 	}
-	return p, true, nil
+	return p, v, true, nil
+}
+
+// A hash cannot be written with NX in one command, so a pause is one
+// string: "v2|until_ms|errcode|kind|reason".
+func format(p Pause) string {
+	return "v2|" + strconv.FormatInt(p.Until.UnixMilli(), 10) + "|" + strconv.Itoa(p.ErrCode) + "|" + string(p.Kind) + "|" + p.Reason
 }
 
 func parse(v string) (Pause, error) {
-	parts := strings.SplitN(v, "|", 3)
-	if len(parts) != 3 {
-		return Pause{}, fmt.Errorf("malformed pause %q", v)
+	var p Pause
+	parts := strings.SplitN(v, "|", 5)
+	if len(parts) == 5 && parts[0] == "v2" {
+		p.Kind, p.Reason = Kind(parts[3]), parts[4]
+		parts = parts[1:3]
+	} else {
+		// Written before pauses had kinds: "until_ms|errcode|reason".
+		parts = strings.SplitN(v, "|", 3)
+		if len(parts) != 3 {
+			return Pause{}, fmt.Errorf("malformed pause %q", v)
+		}
+		p.Reason = parts[2]
 	}
 	ms, err := strconv.ParseInt(parts[0], 10, 64)
 	if err != nil {
 		return Pause{}, fmt.Errorf("malformed pause %q", v)
 	}
-	code, _ := strconv.Atoi(parts[1])
-	return Pause{Until: time.UnixMilli(ms), ErrCode: code, Reason: parts[2]}, nil
+	p.Until = time.UnixMilli(ms)
+	p.ErrCode, _ = strconv.Atoi(parts[1])
+	if p.Kind == "" {
+		p.Kind = kindOfCode(p.ErrCode)
+	}
+	p.EndsWithTicket = p.Kind.EndsWithTicket()
+	return p, nil
+}
+
+// kindOfCode is the kind of a pause written before pauses had kinds.
+func kindOfCode(code int) Kind {
+	switch code {
+	case 0:
+		return KindNoTicket
+	case 61005, 61006:
+		return KindTicketRefused
+	case 61004:
+		return KindIPNotWhitelisted
+	case 45011:
+		return KindMinuteLimit
+	case 45009:
+		return KindDailyQuota
+	}
+	return KindTokenRefused
 }
 
 // Deferred is a change waiting for its platform's pause to end.
@@ -108,33 +181,87 @@ func (s *Store) AddDeferred(ctx context.Context, appid string, d Deferred) error
 	return nil
 }
 
-// Lift ends a platform's pause and returns its deferred changes, which the
-// caller runs at once.
-func (s *Store) Lift(ctx context.Context, appid string) ([]Deferred, error) {
-	var all *redis.MapStringStringCmd
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, s.key(appid))
-		all = p.HGetAll(ctx, s.deferredKey(appid))
-		p.Del(ctx, s.deferredKey(appid))
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("lift pause of %s: %w", appid, err)
+// liftScript ends a pause and hands back the deferred changes, in one
+// step: KEYS pause, deferred, refusal; ARGV the pause as read ("*": any),
+// whether to forget the token refusal too. It returns false if the pause
+// changed since it was read, else {pause or "", deferred field/values...}.
+var liftScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if ARGV[1] ~= '*' and (v or '') ~= ARGV[1] then return false end
+local out = {v or ''}
+for _, x in ipairs(redis.call('HGETALL', KEYS[2])) do out[#out + 1] = x end
+redis.call('DEL', KEYS[1], KEYS[2])
+if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
+return out`)
+
+func (s *Store) lift(ctx context.Context, appid, expect string, forgetRefusal bool) (ended string, deferred []Deferred, ok bool, err error) {
+	forget := "0"
+	if forgetRefusal {
+		forget = "1"
 	}
-	out := make([]Deferred, 0, len(all.Val()))
-	for id, q := range all.Val() {
-		out = append(out, Deferred{TaskID: id, Queue: q})
+	res, err := liftScript.Run(ctx, s.rdb, []string{s.key(appid), s.deferredKey(appid), s.refusalKey(appid)}, expect, forget).StringSlice()
+	if errors.Is(err, redis.Nil) {
+		return "", nil, false, nil
+	}
+	if err != nil {
+		return "", nil, false, fmt.Errorf("lift pause of %s: %w", appid, err)
+	}
+	for i := 1; i+1 < len(res); i += 2 {
+		deferred = append(deferred, Deferred{TaskID: res[i], Queue: res[i+1]})
+	}
+	return res[0], deferred, true, nil
+}
+
+// Resumed is what ending a pause did.
+type Resumed struct {
+	// Ended is the pause that ended, if one was in force.
+	Ended *Pause
+	// Kept is the pause left in force (a new ticket does not cure it).
+	Kept *Pause
+	// Started counts the waiting changes run at once.
+	Started int
+}
+
+// Resume is an operator's: it ends whatever pause the platform is in,
+// forgets the token API's last refusal, and runs the waiting changes now.
+func (s *Store) Resume(ctx context.Context, inspector *asynq.Inspector, appid string) (Resumed, error) {
+	v, deferred, _, err := s.lift(ctx, appid, "*", true)
+	if err != nil {
+		return Resumed{}, err
+	}
+	out := Resumed{Started: run(inspector, deferred)}
+	if p, err := parse(v); err == nil && s.now().Before(p.Until) {
+		out.Ended = &p
 	}
 	return out, nil
 }
 
-// Resume lifts a platform's pause and runs its deferred changes now (after
-// a new ticket arrives, say). It reports how many it started.
-func (s *Store) Resume(ctx context.Context, inspector *asynq.Inspector, appid string) (int, error) {
-	deferred, err := s.Lift(ctx, appid)
-	if err != nil {
-		return 0, err
+// ResumeForTicket follows a new ticket: it ends the platform's pause only
+// if a ticket cures it (no ticket, a refused ticket) and then runs the
+// waiting changes. Any other pause (quota, frequency, IP whitelist, wrong
+// secret) stays until its time or an operator's resume.
+func (s *Store) ResumeForTicket(ctx context.Context, inspector *asynq.Inspector, appid string) (Resumed, error) {
+	for i := 0; i < 10; i++ {
+		p, raw, paused, err := s.get(ctx, appid)
+		if err != nil || !paused {
+			return Resumed{}, err
+		}
+		if !p.Kind.EndsWithTicket() {
+			return Resumed{Kept: &p}, nil
+		}
+		_, deferred, ok, err := s.lift(ctx, appid, raw, false)
+		if err != nil {
+			return Resumed{}, err
+		}
+		if ok {
+			return Resumed{Ended: &p, Started: run(inspector, deferred)}, nil
+		}
+		// The pause changed meanwhile: look again.
 	}
+	return Resumed{}, fmt.Errorf("resume %s after a new ticket: its pause keeps changing", appid)
+}
+
+func run(inspector *asynq.Inspector, deferred []Deferred) int {
 	n := 0
 	for _, d := range deferred {
 		// Tasks that ran meanwhile are no longer waiting; skip them.
@@ -142,5 +269,5 @@ func (s *Store) Resume(ctx context.Context, inspector *asynq.Inspector, appid st
 			n++
 		}
 	}
-	return n, nil
+	return n
 }

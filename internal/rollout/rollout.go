@@ -13,7 +13,10 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -30,6 +33,9 @@ const (
 	StatusRunning    = "running"
 	StatusDone       = "done"
 	StatusCanceled   = "canceled"
+	// StatusFailed: the fan-out could not queue every platform; those it
+	// could not are failed, and Error says why.
+	StatusFailed = "failed"
 )
 
 // Modes.
@@ -76,6 +82,8 @@ type Rollout struct {
 	Counts     Counts       `json:"counts"`
 	CreatedAt  time.Time    `json:"created_at"`
 	FinishedAt *time.Time   `json:"finished_at,omitempty"`
+	// Error says why the fan-out failed (status failed).
+	Error string `json:"error,omitempty"`
 	// Plan lists what a dry run would call.
 	Plan []tasks.JumpDomainChange `json:"plan,omitempty"`
 }
@@ -93,7 +101,17 @@ type Config struct {
 	Rules     tasks.Rules
 	// BatchSize is how many tasks a fan-out step enqueues; default 500.
 	BatchSize int
+	// TTL is how long a finished rollout stays readable; default
+	// DefaultTTL.
+	TTL time.Duration
 }
+
+// DefaultTTL keeps a finished rollout for 30 days.
+const DefaultTTL = 30 * 24 * time.Hour
+
+// fanoutMaxRetry bounds the fan-out's retries of Redis trouble; after the
+// last, the rollout fails with the reason instead of retrying for ever.
+const fanoutMaxRetry = 10
 
 // Service manages rollouts.
 type Service struct {
@@ -116,6 +134,9 @@ func New(rdb redis.UniversalClient, client *tasks.Client, cfg Config) *Service {
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = 500
 	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = DefaultTTL
+	}
 	return &Service{rdb: rdb, client: client, asynq: asynq.NewClientFromRedisClient(rdb), cfg: cfg, now: time.Now}
 }
 
@@ -124,15 +145,18 @@ func (s *Service) stateKey(id string) string  { return tasks.RolloutStateKey(s.c
 func (s *Service) countsKey(id string) string { return tasks.RolloutCountsKey(s.cfg.Prefix, id) }
 func (s *Service) indexKey() string           { return s.cfg.Prefix + "rollouts" }
 func (s *Service) listKey(id string, a int) string {
-	return s.key(id) + ":platforms:" + strconv.Itoa(a)
+	return tasks.RolloutListKey(s.cfg.Prefix, id, a)
 }
 func (s *Service) cursorKey(id string, a int) string {
-	return s.key(id) + ":fanned:" + strconv.Itoa(a)
+	return tasks.RolloutCursorKey(s.cfg.Prefix, id, a)
 }
+
+// maxName bounds a rollout's name.
+const maxName = 200
 
 // TaskID is the id of a rollout's change for one platform in one attempt.
 func TaskID(id string, attempt int, appid string) string {
-	return "r_" + id + "_" + strconv.Itoa(attempt) + "_" + appid
+	return tasks.RolloutTaskID(id, attempt, appid)
 }
 
 // Create validates and records a rollout and queues its fan-out; it
@@ -149,21 +173,27 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 	if len(platforms) == 0 {
 		return nil, &tasks.ValidationError{Problems: []tasks.Problem{{Code: "missing_platforms", Field: "platforms", Reason: "list at least one platform, or all"}}}
 	}
-	// Validate the change once, then every platform against the rules.
-	change := tasks.JumpDomainChange{Platform: platforms[0], Action: spec.Action, Domains: spec.Domains, Publish: spec.Publish, Ensure: spec.Ensure}
-	if err := change.ValidateWith(s.cfg.Rules); err != nil {
-		return nil, err
-	}
-	var unknown []tasks.Problem
+	// Every platform against the rules, then the change once.
+	var problems tasks.Problems
 	for _, p := range platforms {
-		c := tasks.JumpDomainChange{Platform: p, Action: tasks.ActionGet}
-		var ve *tasks.ValidationError
-		if err := c.ValidateWith(s.cfg.Rules); errors.As(err, &ve) {
-			unknown = append(unknown, ve.Problems...)
+		if pr, ok := tasks.CheckPlatform(p, s.cfg.Rules); !ok {
+			pr.Field = "platforms"
+			problems.Add(pr)
 		}
 	}
-	if len(unknown) > 0 {
-		return nil, &tasks.ValidationError{Problems: unknown}
+	if len(spec.Name) > maxName || strings.ContainsFunc(spec.Name, unicode.IsControl) || !utf8.ValidString(spec.Name) {
+		problems.Add(tasks.Problem{Code: "invalid_name", Field: "name", Value: spec.Name, Reason: fmt.Sprintf("must be at most %d characters of text, without control characters", maxName)})
+	}
+	change := tasks.JumpDomainChange{Platform: platforms[0], Action: spec.Action, Domains: spec.Domains, Publish: spec.Publish, Ensure: spec.Ensure}
+	if !tasks.ValidAppID(change.Platform) {
+		change.Platform = "wx0000000000000000" // its problem is reported above
+	}
+	var ve *tasks.ValidationError
+	if err := change.ValidateWith(tasks.Rules{MaxDomains: s.cfg.Rules.MaxDomains}); errors.As(err, &ve) {
+		problems.Merge(ve)
+	}
+	if err := problems.Err(); err != nil {
+		return nil, err
 	}
 	r := &Rollout{
 		ID: newID(), Name: spec.Name, Action: change.Action, Domains: change.Domains, Publish: spec.Publish,
@@ -190,6 +220,7 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 		p.HSet(ctx, s.key(r.ID), map[string]any{
 			"name": r.Name, "action": string(r.Action), "domains": string(domains), "publish": strconv.FormatBool(r.Publish),
 			"mode": r.Mode, "status": r.Status, "total": r.Total, "attempt": 0, "created_at": r.CreatedAt.Format(time.RFC3339Nano),
+			"ttl_ms": s.cfg.TTL.Milliseconds(),
 		})
 		for _, chunk := range chunks(platforms, 1000) {
 			args := make([]any, len(chunk))
@@ -212,7 +243,35 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 	if err := s.queueFanout(ctx, r.ID, 0); err != nil {
 		return nil, err
 	}
+	s.sweep(ctx)
 	return r, nil
+}
+
+// sweep drops from the index the rollouts that expired. Only a rollout
+// created more than TTL ago can have, so only those are looked at.
+func (s *Service) sweep(ctx context.Context) {
+	old, err := s.rdb.ZRangeByScore(ctx, s.indexKey(), &redis.ZRangeBy{
+		Min: "-inf", Max: strconv.FormatInt(s.now().Add(-s.cfg.TTL).UnixMilli(), 10), Count: 200,
+	}).Result()
+	if err != nil || len(old) == 0 {
+		return // the next sweep tries again
+	}
+	exists := make([]*redis.IntCmd, len(old))
+	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range old {
+			exists[i] = p.Exists(ctx, s.key(id))
+		}
+		return nil
+	})
+	var gone []any
+	for i, id := range old {
+		if exists[i].Err() == nil && exists[i].Val() == 0 {
+			gone = append(gone, id)
+		}
+	}
+	if len(gone) > 0 {
+		_ = s.rdb.ZRem(ctx, s.indexKey(), gone...).Err()
+	}
 }
 
 type fanoutPayload struct {
@@ -223,7 +282,7 @@ type fanoutPayload struct {
 func (s *Service) queueFanout(ctx context.Context, id string, attempt int) error {
 	b, _ := json.Marshal(fanoutPayload{RolloutID: id, Attempt: attempt})
 	t := asynq.NewTask(TypeFanout, b, asynq.Queue(s.cfg.Queue), asynq.TaskID("fanout_"+id+"_"+strconv.Itoa(attempt)),
-		asynq.MaxRetry(1000), asynq.Timeout(30*time.Minute))
+		asynq.MaxRetry(fanoutMaxRetry), asynq.Timeout(30*time.Minute))
 	if _, err := s.asynq.EnqueueContext(ctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return fmt.Errorf("queue the fan-out of rollout %s: %w", id, err)
 	}
@@ -232,15 +291,37 @@ func (s *Service) queueFanout(ctx context.Context, id string, attempt int) error
 
 // ProcessTask runs a fan-out task: it enqueues the attempt's changes from
 // where an earlier run stopped, batch by batch, until all are queued or the
-// rollout is canceled. Running it again never queues a change twice.
+// rollout is canceled. Running it again never queues a change twice. A
+// platform that cannot be queued (no longer in the platforms file) fails
+// alone, with the reason; Redis trouble is retried a bounded number of
+// times, then the rollout fails with the reason.
 func (s *Service) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	var p fanoutPayload
 	if err := json.Unmarshal(t.Payload(), &p); err != nil {
 		return fmt.Errorf("decode fan-out: %v: %w", err, asynq.SkipRetry)
 	}
+	err := s.fanOut(ctx, p)
+	if err == nil || errors.Is(err, asynq.SkipRetry) || ctx.Err() != nil {
+		return err
+	}
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, ok := asynq.GetMaxRetry(ctx)
+	if ok && retried >= maxRetry {
+		why := fmt.Sprintf("the fan-out gave up after %d tries: %v", retried+1, err)
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if ferr := s.failUnqueued(wctx, p.RolloutID, p.Attempt, why); ferr != nil {
+			return errors.Join(err, ferr)
+		}
+		return fmt.Errorf("%s: %w", why, asynq.SkipRetry)
+	}
+	return err
+}
+
+func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 	r, err := s.Get(ctx, p.RolloutID)
 	if errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("rollout %s is gone: %w", p.RolloutID, asynq.SkipRetry)
+		return fmt.Errorf("rollout %s is gone: %w", tasks.Truncate(p.RolloutID), asynq.SkipRetry)
 	}
 	if err != nil {
 		return err
@@ -255,8 +336,11 @@ func (s *Service) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		if err != nil {
 			return err
 		}
-		if status == StatusCanceled {
-			return s.cancelUnqueued(ctx, r.ID, p.Attempt)
+		switch status {
+		case StatusCanceled:
+			return s.moveUnqueued(ctx, r.ID, p.Attempt, tasks.StatusCanceled)
+		case StatusFailed:
+			return nil
 		}
 		done, err := s.rdb.Get(ctx, s.cursorKey(r.ID, p.Attempt)).Int64()
 		if err != nil && !errors.Is(err, redis.Nil) {
@@ -272,11 +356,21 @@ func (s *Service) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		for _, appid := range batch {
 			c := change
 			c.Platform = appid
-			if _, err := s.client.Enqueue(ctx, c, tasks.EnqueueOptions{TaskID: TaskID(r.ID, p.Attempt, appid), Queue: s.cfg.BulkQueue}); err != nil {
+			id := TaskID(r.ID, p.Attempt, appid)
+			_, err := s.client.Enqueue(ctx, c, tasks.EnqueueOptions{TaskID: id, Queue: s.cfg.BulkQueue})
+			var ve *tasks.ValidationError
+			switch {
+			case errors.As(err, &ve):
+				if err := s.failPlatform(ctx, r.ID, id, c, "could not be queued: "+ve.Error()); err != nil {
+					return err
+				}
+			case err != nil:
 				return err
 			}
 		}
-		if err := s.rdb.Set(ctx, s.cursorKey(r.ID, p.Attempt), done+int64(len(batch)), 0).Err(); err != nil {
+		// KEEPTTL: the rollout may have finished, and its keys begun to
+		// expire, while this batch was queued.
+		if err := s.rdb.SetArgs(ctx, s.cursorKey(r.ID, p.Attempt), done+int64(len(batch)), redis.SetArgs{KeepTTL: true}).Err(); err != nil {
 			return err
 		}
 		if s.fanning != nil {
@@ -286,6 +380,34 @@ func (s *Service) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	// Changes may all have finished while the last batch was queued.
 	return fannedOut.Run(ctx, s.rdb, []string{s.key(r.ID)}).Err()
 }
+
+// failPlatform records one platform's change as failed without queueing
+// it, so that the rollout's failures show the reason.
+func (s *Service) failPlatform(ctx context.Context, rolloutID, taskID string, c tasks.JumpDomainChange, why string) error {
+	rec := tasks.NewRecord(taskID, c, s.cfg.BulkQueue)
+	now := s.now().UTC()
+	rec.Status, rec.Error, rec.FinishedAt = tasks.StatusFailed, why, &now
+	if _, err := s.client.Store().Create(ctx, rec); err != nil {
+		return err
+	}
+	return tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, rolloutID, c.Platform, tasks.StatusFailed)
+}
+
+// failUnqueued ends a fan-out that cannot finish: the rollout fails with the
+// reason, and the platforms not queued yet are failed.
+func (s *Service) failUnqueued(ctx context.Context, id string, attempt int, why string) error {
+	ok, err := markFailed.Run(ctx, s.rdb, []string{s.key(id)}, why).Int()
+	if err != nil || ok == 0 {
+		return err // canceled or gone meanwhile
+	}
+	return s.moveUnqueued(ctx, id, attempt, tasks.StatusFailed)
+}
+
+// markFailed: a fanning-out rollout fails with a reason (ARGV[1]).
+var markFailed = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'status') ~= 'fanning_out' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1])
+return 1`)
 
 // fannedOut: a fanning-out rollout becomes running, or done if its
 // platforms all finished meanwhile.
@@ -298,9 +420,9 @@ else
 end
 return 1`)
 
-// cancelUnqueued records as canceled the platforms a canceled fan-out
-// never queued.
-func (s *Service) cancelUnqueued(ctx context.Context, id string, attempt int) error {
+// moveUnqueued records the platforms a stopped fan-out never queued as
+// canceled (the rollout was canceled) or failed (the fan-out failed).
+func (s *Service) moveUnqueued(ctx context.Context, id string, attempt int, status tasks.Status) error {
 	done, err := s.rdb.Get(ctx, s.cursorKey(id, attempt)).Int64()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return err
@@ -310,15 +432,19 @@ func (s *Service) cancelUnqueued(ctx context.Context, id string, attempt int) er
 		return err
 	}
 	for _, appid := range rest {
-		if err := tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, id, appid, tasks.StatusCanceled); err != nil {
+		if err := tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, id, appid, status); err != nil {
 			return err
 		}
 	}
-	return s.rdb.Set(ctx, s.cursorKey(id, attempt), done+int64(len(rest)), 0).Err()
+	// KEEPTTL: the last move may have finished the rollout and begun its expiry.
+	return s.rdb.SetArgs(ctx, s.cursorKey(id, attempt), done+int64(len(rest)), redis.SetArgs{KeepTTL: true}).Err()
 }
 
 // Get reads a rollout.
 func (s *Service) Get(ctx context.Context, id string) (*Rollout, error) {
+	if !tasks.ValidRolloutID(id) {
+		return nil, fmt.Errorf("%w: %q is not a rollout id", ErrNotFound, tasks.Truncate(id))
+	}
 	var h, c map[string]string
 	cmds, perr := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.HGetAll(ctx, s.key(id))
@@ -342,6 +468,7 @@ func (s *Service) Get(ctx context.Context, id string) (*Rollout, error) {
 	if f, err := time.Parse(time.RFC3339Nano, h["finished_at"]); err == nil {
 		r.FinishedAt = &f
 	}
+	r.Error = h["error"]
 	n := func(k tasks.Status) int { v, _ := strconv.Atoi(c[string(k)]); return v }
 	r.Counts = Counts{
 		Queued: n(tasks.StatusQueued), Running: n(tasks.StatusRunning), Retrying: n(tasks.StatusRetrying),
@@ -356,10 +483,12 @@ func (s *Service) List(ctx context.Context, limit int) ([]*Rollout, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list rollouts: %w", err)
 	}
+	s.sweep(ctx)
 	out := make([]*Rollout, 0, len(ids))
 	for _, id := range ids {
 		r, err := s.Get(ctx, id)
 		if errors.Is(err, ErrNotFound) {
+			_ = s.rdb.ZRem(ctx, s.indexKey(), id).Err() // expired
 			continue
 		}
 		if err != nil {
@@ -412,6 +541,9 @@ func (s *Service) Tasks(ctx context.Context, id string, status tasks.Status, cur
 					}
 				}
 			}
+			if o.Error == "" && st == tasks.StatusFailed {
+				o.Error = r.Error // never queued: the fan-out failed
+			}
 			out = append(out, o)
 		}
 		cur = next
@@ -427,6 +559,9 @@ func (s *Service) Tasks(ctx context.Context, id string, status tasks.Status, cur
 // Cancel stops what has not run: the fan-out stops, queued and retrying
 // changes are canceled; running ones finish.
 func (s *Service) Cancel(ctx context.Context, id string) (*Rollout, error) {
+	if !tasks.ValidRolloutID(id) {
+		return nil, fmt.Errorf("%w: %q is not a rollout id", ErrNotFound, tasks.Truncate(id))
+	}
 	r, err := s.Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -461,7 +596,7 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Rollout, error) {
 		}
 	}
 	// If the fan-out already finished, nothing else will record the rest.
-	if err := s.cancelUnqueued(ctx, id, r.Attempt); err != nil {
+	if err := s.moveUnqueued(ctx, id, r.Attempt, tasks.StatusCanceled); err != nil {
 		return nil, err
 	}
 	return s.Get(ctx, id)
@@ -470,6 +605,9 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Rollout, error) {
 // Retry re-enqueues only the failed and canceled platforms, as a new
 // attempt of the same rollout.
 func (s *Service) Retry(ctx context.Context, id string) (*Rollout, error) {
+	if !tasks.ValidRolloutID(id) {
+		return nil, fmt.Errorf("%w: %q is not a rollout id", ErrNotFound, tasks.Truncate(id))
+	}
 	r, err := s.Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -498,7 +636,11 @@ func (s *Service) Retry(ctx context.Context, id string) (*Rollout, error) {
 			p.RPush(ctx, s.listKey(id, attempt), args...)
 		}
 		p.HSet(ctx, s.key(id), "attempt", attempt, "status", StatusFanningOut)
-		p.HDel(ctx, s.key(id), "finished_at")
+		p.HDel(ctx, s.key(id), "finished_at", "error")
+		// Running again: it no longer expires.
+		for _, k := range tasks.RolloutKeys(s.cfg.Prefix, id, attempt) {
+			p.Persist(ctx, k)
+		}
 		return nil
 	})
 	if err != nil {

@@ -19,6 +19,9 @@ var ErrNoTicket = errors.New("no component_verify_ticket stored")
 type Ticket struct {
 	Value      string
 	ReceivedAt time.Time
+	// CreatedAt is when WeChat created it (the push's CreateTime), or when
+	// it was stored if no time was given.
+	CreatedAt time.Time
 }
 
 // Store keeps one ticket per platform (never one key for all), with the
@@ -37,26 +40,51 @@ func NewStore(rdb redis.UniversalClient, prefix string) *Store {
 
 func (t *Store) key(appid string) string { return t.prefix + "ticket:" + appid }
 
-// Set stores a platform's ticket.
+// setScript stores a ticket unless the stored one was created later (or
+// at the same second): KEYS ticket, refusal; ARGV ticket, received ms,
+// created s, "1" if created is a time WeChat gave. It returns {stored 0|1,
+// created s of the ticket in force}.
+var setScript = redis.NewScript(`
+local cur = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0')
+local created = tonumber(ARGV[3])
+if ARGV[4] == '1' and cur >= created then return {0, cur} end
+redis.call('HSET', KEYS[1], 'ticket', ARGV[1], 'received_at', ARGV[2], 'created_at', ARGV[3])
+redis.call('DEL', KEYS[2])
+return {1, created}`)
+
+// Set stores a platform's ticket, replacing whatever is stored (an
+// operator's ticket, given without a time).
 func (t *Store) Set(ctx context.Context, appid, ticket string) error {
+	_, _, err := t.SetAt(ctx, appid, ticket, time.Time{})
+	return err
+}
+
+// SetAt stores a platform's ticket created at a time (the push's
+// CreateTime): a ticket created no later than the stored one changes
+// nothing, and stored is false, so a replayed push cannot put back an old
+// ticket. inForce is the creation time of the ticket now stored. A zero
+// created means now, and always stores.
+func (t *Store) SetAt(ctx context.Context, appid, ticket string, created time.Time) (stored bool, inForce time.Time, err error) {
 	if ticket == "" {
-		return errors.New("ticket is empty")
+		return false, time.Time{}, errors.New("ticket is empty")
 	}
-	_, err := t.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, t.key(appid), "ticket", ticket, "received_at", t.now().UnixMilli())
-		// A remembered token refusal (token.RefusalKey) was about the old ticket.
-		p.Del(ctx, t.prefix+"token_refusal:"+appid)
-		return nil
-	})
+	now := t.now()
+	timed := "1"
+	if created.IsZero() {
+		created, timed = now, "0"
+	}
+	// A remembered token refusal (token.RefusalKey) was about the old ticket.
+	res, err := setScript.Run(ctx, t.rdb, []string{t.key(appid), t.prefix + "token_refusal:" + appid},
+		ticket, now.UnixMilli(), created.Unix(), timed).Int64Slice()
 	if err != nil {
-		return fmt.Errorf("store ticket of %s: %w", appid, err)
+		return false, time.Time{}, fmt.Errorf("store ticket of %s: %w", appid, err)
 	}
-	return nil
+	return res[0] == 1, time.Unix(res[1], 0), nil
 }
 
 // Get returns a platform's ticket, or ErrNoTicket.
 func (t *Store) Get(ctx context.Context, appid string) (Ticket, error) {
-	v, err := t.rdb.HMGet(ctx, t.key(appid), "ticket", "received_at").Result()
+	v, err := t.rdb.HMGet(ctx, t.key(appid), "ticket", "received_at", "created_at").Result()
 	if err != nil {
 		return Ticket{}, fmt.Errorf("read ticket of %s: %w", appid, err)
 	}
@@ -64,7 +92,14 @@ func (t *Store) Get(ctx context.Context, appid string) (Ticket, error) {
 	if s == "" {
 		return Ticket{}, fmt.Errorf("%w for platform %s", ErrNoTicket, appid)
 	}
-	ms, _ := v[1].(string)
-	n, _ := strconv.ParseInt(ms, 10, 64)
-	return Ticket{Value: s, ReceivedAt: time.UnixMilli(n)}, nil
+	num := func(i int) int64 {
+		str, _ := v[i].(string)
+		n, _ := strconv.ParseInt(str, 10, 64)
+		return n
+	}
+	tk := Ticket{Value: s, ReceivedAt: time.UnixMilli(num(1))}
+	if c := num(2); c > 0 {
+		tk.CreatedAt = time.Unix(c, 0)
+	}
+	return tk, nil
 }

@@ -42,7 +42,12 @@ func New(baseURL string, hc *http.Client) (*Client, error) {
 	if hc == nil {
 		hc = &http.Client{Timeout: 15 * time.Second}
 	}
-	return &Client{base: u, http: hc}, nil
+	// Never follow a redirect: it would carry the app secret, the ticket
+	// or the access token (query and Referer) to another host. A 3xx is
+	// an upstream error like a 5xx.
+	c := *hc
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &Client{base: u, http: &c}, nil
 }
 
 // APIError is an answer with a non-zero errcode.
@@ -231,6 +236,11 @@ func (c *Client) post(ctx context.Context, path, token string, body, out any, qu
 	if err != nil {
 		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: stripURL(err)}
 	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		// Neither the Location nor the body is quoted: either may echo
+		// the request's query, which holds the access token.
+		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: fmt.Errorf("redirect%s not followed", redirectHost(resp))}
+	}
 	if resp.StatusCode != http.StatusOK {
 		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: fmt.Errorf("unexpected status; body starts %q", quote(data))}
 	}
@@ -241,6 +251,15 @@ func (c *Client) post(ctx context.Context, path, token string, body, out any, qu
 		return &TransportError{Op: op, StatusCode: resp.StatusCode, Err: fmt.Errorf("answer is not the expected JSON (%v); body starts %q", err, quote(data))}
 	}
 	return nil
+}
+
+// redirectHost names the host a redirect points to, never its path or query.
+func redirectHost(resp *http.Response) string {
+	loc, err := resp.Location()
+	if err != nil || loc.Host == "" {
+		return ""
+	}
+	return " to host " + loc.Host
 }
 
 // stripURL drops the request URL (which holds the access token) from

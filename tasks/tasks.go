@@ -151,7 +151,7 @@ func CheckPlatform(appid string, r Rules) (Problem, bool) {
 	case appid == "":
 		return Problem{Code: CodeInvalidPlatform, Field: "platform", Reason: "is required (the component appid)"}, false
 	case !ValidAppID(appid):
-		return Problem{Code: CodeInvalidPlatform, Field: "platform", Value: appid, Reason: "is not a component appid: want " + AppIDForm}, false
+		return Problem{Code: CodeInvalidPlatform, Field: "platform", Value: appid, Reason: `is not a component appid ("wx" and 16 lower-case hex digits)`}, false
 	case r.KnownPlatform != nil && !r.KnownPlatform(appid):
 		return Problem{Code: CodeUnknownPlatform, Field: "platform", Value: appid, Reason: "is not in the platforms file"}, false
 	}

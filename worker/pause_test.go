@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/redistest"
 	"github.com/wxdomain/wxdomain/internal/wechattest"
 	"github.com/wxdomain/wxdomain/tasks"
@@ -20,6 +21,7 @@ func TestOperatorNeededDefersWithoutUsingAttempts(t *testing.T) {
 		name     string
 		breakIt  func(b *testBundle)
 		wantText string
+		wantKind pause.Kind
 	}{
 		{
 			name: "no ticket",
@@ -27,16 +29,19 @@ func TestOperatorNeededDefersWithoutUsingAttempts(t *testing.T) {
 				require.NoError(t, b.redis.Client.Del(context.Background(), b.redis.Prefix+"ticket:"+appB).Err())
 			},
 			wantText: "no component_verify_ticket stored for platform " + appB,
+			wantKind: pause.KindNoTicket,
 		},
 		{
 			name:     "ticket expired",
 			breakIt:  func(b *testBundle) { b.sandbox.SetFaults(appB, wechattest.Faults{TokenErrCode: 61005}) },
 			wantText: "ticket is expired or invalid",
+			wantKind: pause.KindTicketRefused,
 		},
 		{
 			name:     "IP not whitelisted",
 			breakIt:  func(b *testBundle) { b.sandbox.SetFaults(appB, wechattest.Faults{TokenErrCode: 61004}) },
 			wantText: "whitelist",
+			wantKind: pause.KindIPNotWhitelisted,
 		},
 	}
 	for _, tt := range tests {
@@ -89,11 +94,35 @@ func TestOperatorNeededDefersWithoutUsingAttempts(t *testing.T) {
 			assert.LessOrEqual(t, tokenCalls, 1, "the token API was asked once per pause, not once per change")
 			assert.Zero(t, b.sandbox.TokenFetches(appB), "no token was issued")
 
-			// The operator fixes it and stores a fresh ticket: the changes run now.
-			b.sandbox.SetFaults(appB, wechattest.Faults{})
-			n, err := b.client.SetTicket(ctx, appB, "ticket-"+appB)
+			p, paused, err := b.pauses.Get(ctx, appB)
 			require.NoError(t, err)
-			assert.Equal(t, len(ids), n)
+			require.True(t, paused)
+			assert.Equal(t, tt.wantKind, p.Kind)
+
+			// The operator fixes it and stores a fresh ticket: a pause the
+			// ticket cures ends, and the changes run now; any other stays
+			// until the operator resumes the platform.
+			b.sandbox.SetFaults(appB, wechattest.Faults{})
+			res, err := b.client.SetTicket(ctx, appB, "ticket-"+appB, time.Time{})
+			require.NoError(t, err)
+			require.True(t, res.Stored)
+			if tt.wantKind.EndsWithTicket() {
+				assert.Equal(t, len(ids), res.ResumedChanges)
+				require.NotNil(t, res.EndedPause)
+				assert.Equal(t, tt.wantKind, res.EndedPause.Kind)
+			} else {
+				assert.Zero(t, res.ResumedChanges)
+				require.NotNil(t, res.KeptPause)
+				assert.Equal(t, tt.wantKind, res.KeptPause.Kind)
+				_, paused, err := b.pauses.Get(ctx, appB)
+				require.NoError(t, err)
+				assert.True(t, paused, "a ticket does not cure this pause")
+				r, err := b.client.Resume(ctx, appB)
+				require.NoError(t, err)
+				assert.Equal(t, len(ids), r.ResumedChanges)
+				require.NotNil(t, r.EndedPause)
+				assert.Equal(t, tt.wantKind, r.EndedPause.Kind)
+			}
 			for _, id := range ids {
 				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				r, err := b.client.Wait(wctx, id)

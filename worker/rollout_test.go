@@ -19,7 +19,7 @@ import (
 func manyPlatforms(n int) []string {
 	out := make([]string, n)
 	for i := range out {
-		out[i] = fmt.Sprintf("wxr%015d", i)
+		out[i] = fmt.Sprintf("wxa%015x", i)
 	}
 	return out
 }

@@ -280,19 +280,61 @@ func TestAtLeastOnceRedeliveryDoesNotCallAgain(t *testing.T) {
 func TestTaskWithoutRecordGetsOne(t *testing.T) {
 	t.Parallel()
 	b := setup(t, redistest.Mini, setupOpts{})
-	task, err := tasks.NewJumpDomainTask(change(tasks.ActionAdd, false, "a.com"), asynq.Queue(b.redis.Queue), asynq.TaskID("raw-producer-1"))
+	// A bare asynq producer: asynq names the task with a UUID.
+	task, err := tasks.NewJumpDomainTask(change(tasks.ActionAdd, false, "a.com"), asynq.Queue(b.redis.Queue))
 	require.NoError(t, err)
-	_, err = asynq.NewClientFromRedisClient(b.redis.Client).Enqueue(task)
+	info, err := asynq.NewClientFromRedisClient(b.redis.Client).Enqueue(task)
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.Eventually(t, func() bool {
-		_, err := b.client.Get(ctx, "raw-producer-1")
+		_, err := b.client.Get(ctx, info.ID)
 		return err == nil
 	}, 5*time.Second, 20*time.Millisecond)
-	rec, err := b.client.Wait(ctx, "raw-producer-1")
+	rec, err := b.client.Wait(ctx, info.ID)
 	require.NoError(t, err)
 	assert.Equal(t, tasks.StatusSucceeded, rec.Status)
+}
+
+// TestTasksNotInOurFormAreNotRun: a bare producer's task whose id or
+// payload is not in the form wxdomain makes touches no key of ours and
+// never reaches WeChat.
+func TestTasksNotInOurFormAreNotRun(t *testing.T) {
+	t.Parallel()
+	b := setup(t, redistest.Mini, setupOpts{})
+	ctx := context.Background()
+	inspector := asynq.NewInspectorFromRedisClient(b.redis.Client)
+	t.Cleanup(func() { _ = inspector.Close() })
+	producer := asynq.NewClientFromRedisClient(b.redis.Client)
+	t.Cleanup(func() { _ = producer.Close() })
+	enqueue := func(id string, payload string) {
+		_, err := producer.Enqueue(asynq.NewTask(tasks.TypeJumpDomain, []byte(payload)), asynq.Queue(b.redis.Queue), asynq.TaskID(id), asynq.MaxRetry(3))
+		require.NoError(t, err)
+	}
+	good := `{"platform":"` + appA + `","action":"add","domains":["a.com"]}`
+	enqueue("x:state", good)
+	enqueue("0123456789abcdef0123456789abcde0", `{"platform":"_global","action":"get"}`)
+	enqueue("0123456789abcdef0123456789abcde1", `{"platform":"`+appA+`","action":"add","domains":["a.com;evil.com"]}`)
+	enqueue("0123456789abcdef0123456789abcde2", `{"platform":"`+appA+`","action":"get","rollout_id":"x:state"}`)
+	require.Eventually(t, func() bool {
+		q, err := inspector.GetQueueInfo(b.redis.Queue)
+		return err == nil && q.Archived == 4
+	}, 10*time.Second, 20*time.Millisecond, "each is archived, not retried")
+	assert.Zero(t, modifyCalls(b.sandbox), "none reached WeChat")
+	_, err := b.client.Store().Get(ctx, "x:state")
+	assert.ErrorIs(t, err, tasks.ErrTaskNotFound, "no record under an id of a stranger's making")
+	for _, id := range []string{"0123456789abcdef0123456789abcde0", "0123456789abcdef0123456789abcde1", "0123456789abcdef0123456789abcde2"} {
+		rec, err := b.client.Get(ctx, id)
+		require.NoError(t, err)
+		assert.Equal(t, tasks.StatusFailed, rec.Status, id)
+		assert.Contains(t, rec.Error, "not a valid change", id)
+	}
+	keys, err := b.redis.Client.Keys(ctx, b.redis.Prefix+"*_global*").Result()
+	require.NoError(t, err)
+	assert.Empty(t, keys)
+	keys, err = b.redis.Client.Keys(ctx, b.redis.Prefix+"rollout:*").Result()
+	require.NoError(t, err)
+	assert.Empty(t, keys)
 }
 
 func TestGracefulShutdownFinishesInFlightChanges(t *testing.T) {

@@ -123,7 +123,7 @@ func newLab(dir, bin string) (*lab, error) {
 	l.rdb = redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", l.redisPort)})
 	yaml := "platforms:\n"
 	for i := 0; i < 20; i++ {
-		a := fmt.Sprintf("wxchaos%011d", i)
+		a := fmt.Sprintf("wxc%015x", i)
 		l.apps = append(l.apps, a)
 		yaml += "  - {appid: " + a + ", secret_env: S, rate: 1000}\n"
 	}

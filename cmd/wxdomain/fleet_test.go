@@ -253,7 +253,7 @@ func TestSIGKILLMidRollout(t *testing.T) {
 	apps := make([]string, n)
 	yaml := "platforms:\n"
 	for i := range apps {
-		apps[i] = fmt.Sprintf("wxk%015d", i)
+		apps[i] = fmt.Sprintf("wxb%015x", i)
 		yaml += "  - {appid: " + apps[i] + ", secret_env: S, rate: 1000}\n"
 	}
 	c := newCLI(t, rb, yaml, "S=s", "WXDOMAIN_RETRY_BASE=100ms", "WXDOMAIN_RETRY_MAX=1s", "WXDOMAIN_POLL_INTERVAL=100ms")

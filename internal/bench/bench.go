@@ -115,7 +115,7 @@ func newEnv(ctx context.Context, rdb *redis.Client) (*env, error) {
 	}
 	tickets := ticket.NewStore(rdb, e.prefix)
 	for i := 0; i < 20; i++ {
-		app := fmt.Sprintf("wxbench%011d", i)
+		app := fmt.Sprintf("wxe%015x", i)
 		e.apps = append(e.apps, app)
 		e.sandbox.PutPlatform(wechattest.Platform{AppID: app, Released: true})
 		if err := tickets.Set(ctx, app, "t"); err != nil {
@@ -472,7 +472,7 @@ func (e *env) rollout(r *Results) error {
 	}
 	apps := make([]string, 200)
 	for i := range apps {
-		apps[i] = fmt.Sprintf("wxbenchr%010d", i)
+		apps[i] = fmt.Sprintf("wxf%015x", i)
 		e.sandbox.PutPlatform(wechattest.Platform{AppID: apps[i], Released: true})
 		if err := ticket.NewStore(e.rdb, e.prefix).Set(e.ctx, apps[i], "t"); err != nil {
 			return err

@@ -100,6 +100,9 @@ func New(cfg Config) http.Handler {
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = DefaultMaxWait
 	}
+	if cfg.Events == nil {
+		cfg.Events = func(string) (*wxcrypt.Crypter, bool) { return nil, false }
+	}
 	if cfg.PushMaxSkew <= 0 {
 		cfg.PushMaxSkew = DefaultPushMaxSkew
 	}

@@ -13,7 +13,10 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/wxdomain/wxdomain/internal/httpapi"
 	"github.com/wxdomain/wxdomain/internal/platform"
@@ -34,7 +37,7 @@ type apiBundle struct {
 	redis  redistest.Bundle
 }
 
-func setup(t *testing.T) *apiBundle {
+func setup(t *testing.T, opts ...func(*httpapi.Config)) *apiBundle {
 	t.Helper()
 	rb := redistest.Mini(t)
 	known := func(a string) bool { return a == app }
@@ -43,7 +46,7 @@ func setup(t *testing.T) *apiBundle {
 		Rules: tasks.Rules{KnownPlatform: known},
 	})
 	t.Cleanup(func() { _ = client.Close() })
-	h := httpapi.New(httpapi.Config{
+	cfg := httpapi.Config{
 		Client:        client,
 		KnownPlatform: known,
 		Platforms: func(context.Context) ([]platform.Status, error) {
@@ -57,8 +60,11 @@ func setup(t *testing.T) *apiBundle {
 		Tokens:  []string{"other-token", token},
 		MaxBody: 4096,
 		Log:     zaptest.NewLogger(t),
-	})
-	srv := httptest.NewServer(h)
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv := httptest.NewServer(httpapi.New(cfg))
 	t.Cleanup(srv.Close)
 	return &apiBundle{srv: srv, client: client, redis: rb}
 }
@@ -260,49 +266,104 @@ func FuzzDecodeChange(f *testing.F) {
 	})
 }
 
+// pusher sends WeChat's encrypted authorization-event pushes.
+type pusher struct {
+	t       *testing.T
+	url     string
+	crypter *wxcrypt.Crypter
+}
+
+const pushAESKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+// push sends a component_verify_ticket push for appid, sent at sentAt
+// (the query's timestamp) and created at createdAt (its CreateTime); a
+// bad signature when sig is "bad".
+func (p *pusher) push(appid, ticket string, sentAt, createdAt time.Time, sig string) (int, string) {
+	p.t.Helper()
+	inner := `<xml><AppId><![CDATA[` + appid + `]]></AppId><CreateTime>` + strconv.FormatInt(createdAt.Unix(), 10) +
+		`</CreateTime><InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[` + ticket + `]]></ComponentVerifyTicket></xml>`
+	enc, err := p.crypter.Encrypt([]byte("0123456789abcdef"), []byte(inner))
+	require.NoError(p.t, err)
+	body := `<xml><AppId><![CDATA[` + appid + `]]></AppId><Encrypt><![CDATA[` + enc + `]]></Encrypt></xml>`
+	ts := strconv.FormatInt(sentAt.Unix(), 10)
+	if sig == "" {
+		sig = p.crypter.Signature(ts, "1234", enc)
+	}
+	u := p.url + "/wechat/events/" + appid + "?timestamp=" + ts + "&nonce=1234&encrypt_type=aes&msg_signature=" + sig
+	resp, err := http.Post(u, "text/xml", strings.NewReader(body))
+	require.NoError(p.t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b))
+}
+
 func TestWeChatTicketPush(t *testing.T) {
 	t.Parallel()
 	rb := redistest.Mini(t)
-	const aesKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-	crypter, err := wxcrypt.New("msgtoken", aesKey, app)
+	crypter, err := wxcrypt.New("msgtoken", pushAESKey, app)
 	require.NoError(t, err)
 	client := tasks.NewClient(rb.Client, tasks.ClientConfig{Prefix: rb.Prefix, Queue: rb.Queue})
 	t.Cleanup(func() { _ = client.Close() })
+	obs, logs := observer.New(zapcore.InfoLevel)
 	srv := httptest.NewServer(httpapi.New(httpapi.Config{
 		Client: client,
 		Events: func(a string) (*wxcrypt.Crypter, bool) { return crypter, a == app },
 		Tokens: []string{token},
-		Log:    zaptest.NewLogger(t),
+		Log:    zap.New(obs),
 	}))
 	t.Cleanup(srv.Close)
-
-	inner := `<xml><AppId><![CDATA[` + app + `]]></AppId><CreateTime>1413192605</CreateTime><InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[ticket@@@pushed]]></ComponentVerifyTicket></xml>`
-	enc, err := crypter.Encrypt([]byte("0123456789abcdef"), []byte(inner))
-	require.NoError(t, err)
-	body := `<xml><AppId><![CDATA[` + app + `]]></AppId><Encrypt><![CDATA[` + enc + `]]></Encrypt></xml>`
-	push := func(appid, sig string) (int, string) {
-		u := srv.URL + "/wechat/events/" + appid + "?timestamp=1413192605&nonce=1234&encrypt_type=aes&msg_signature=" + sig
-		resp, err := http.Post(u, "text/xml", strings.NewReader(body))
-		require.NoError(t, err)
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	p := &pusher{t: t, url: srv.URL, crypter: crypter}
+	ctx := context.Background()
 	ticketKey := rb.Prefix + "ticket:" + app
+	stored := func() string {
+		v, _ := rb.Client.HGet(ctx, ticketKey, "ticket").Result()
+		return v
+	}
+	now := time.Now()
 
-	status, _ := push(app, "0123456789012345678901234567890123456789")
-	assert.Equal(t, http.StatusForbidden, status, "bad signature refused")
-	assert.Zero(t, rb.Client.Exists(context.Background(), ticketKey).Val(), "nothing stored")
+	// Refused before anything is stored. An unknown appid, one of another
+	// form and a bad signature are told the same: strangers cannot tell
+	// which appids exist.
+	status, refusal := p.push(app, "t-bad-sig", now, now, "0123456789012345678901234567890123456789")
+	assert.Equal(t, http.StatusForbidden, status, "bad signature")
+	for _, other := range []string{"wx0000000000000000", "_global", "wx1234567890abcdef:x"} {
+		status, answer := p.push(other, "t-other", now, now, "")
+		assert.Equal(t, http.StatusForbidden, status, other)
+		assert.Equal(t, refusal, answer, "%s is answered like a bad signature", other)
+	}
+	status, answer := p.push(app, "t-stale", now.Add(-6*time.Minute), now.Add(-6*time.Minute), "")
+	assert.Equal(t, http.StatusForbidden, status, "a push sent more than 5 minutes ago is a replay")
+	assert.Contains(t, answer, "timestamp")
+	status, _ = p.push(app, "t-future", now.Add(6*time.Minute), now, "")
+	assert.Equal(t, http.StatusForbidden, status, "a timestamp 6 minutes ahead is refused too")
+	assert.Empty(t, stored(), "nothing stored")
 
-	status, _ = push("wx0000000000000000", crypter.Signature("1413192605", "1234", enc))
-	assert.Equal(t, http.StatusNotFound, status)
-
-	status, answer := push(app, crypter.Signature("1413192605", "1234", enc))
+	// A fresh push is stored.
+	status, answer = p.push(app, "ticket@@@new", now, now.Add(-time.Second), "")
 	require.Equal(t, http.StatusOK, status)
 	assert.Equal(t, "success", answer)
-	v, err := rb.Client.HGet(context.Background(), ticketKey, "ticket").Result()
-	require.NoError(t, err)
-	assert.Equal(t, "ticket@@@pushed", v)
+	assert.Equal(t, "ticket@@@new", stored())
+
+	// An older ticket (a push replayed, or overtaken) is answered success,
+	// so that WeChat does not retry it, but changes nothing.
+	status, answer = p.push(app, "ticket@@@old", now, now.Add(-10*time.Minute), "")
+	require.Equal(t, http.StatusOK, status)
+	assert.Equal(t, "success", answer)
+	assert.Equal(t, "ticket@@@new", stored())
+
+	status, _ = p.push(app, "ticket@@@newer", now, now.Add(time.Second), "")
+	require.Equal(t, http.StatusOK, status)
+	assert.Equal(t, "ticket@@@newer", stored())
+
+	// Refused pushes are logged at most once a minute per platform, with a count.
+	for i := 0; i < 5; i++ {
+		p.push(app, "t", now, now, "0123456789012345678901234567890123456789")
+	}
+	lines := logs.FilterMessage("WeChat pushes refused").All()
+	require.Len(t, lines, 2, "one line for the platform, one for unknown appids, in this minute")
+	for _, l := range lines {
+		assert.EqualValues(t, 1, l.ContextMap()["refused"], "the first refusal is logged at once; later ones are counted")
+	}
 }
 
 func TestOpenAPIMatchesTheRoutes(t *testing.T) {
@@ -333,7 +394,8 @@ func TestOpenAPIMatchesTheRoutes(t *testing.T) {
 	// Every route the server has is documented (update both together).
 	served := []string{
 		"POST /v1/changes", "GET /v1/changes/{task_id}", "POST /v1/changes/{task_id}/cancel",
-		"GET /v1/platforms", "PUT /v1/platforms/{appid}/ticket", "GET /v1/openapi.json",
+		"GET /v1/platforms", "PUT /v1/platforms/{appid}/ticket", "POST /v1/platforms/{appid}/resume", "GET /v1/openapi.json",
+		"POST /wechat/events/{appid}",
 		"POST /v1/rollouts", "GET /v1/rollouts", "GET /v1/rollouts/{rollout_id}", "GET /v1/rollouts/{rollout_id}/tasks",
 		"POST /v1/rollouts/{rollout_id}/cancel", "POST /v1/rollouts/{rollout_id}/retry",
 	}
@@ -377,7 +439,8 @@ func TestRolloutRoutes(t *testing.T) {
 		code               string
 	}{
 		{"POST", "/v1/rollouts", `{"action":"add","domains":["a.com"],"platforms":"some"}`, 400, "malformed_json"},
-		{"POST", "/v1/rollouts", `{"action":"add","domains":["a.com"],"platforms":["wx0"]}`, 422, "unknown_platform"},
+		{"POST", "/v1/rollouts", `{"action":"add","domains":["a.com"],"platforms":["wx0000000000000000"]}`, 422, "unknown_platform"},
+		{"POST", "/v1/rollouts", `{"action":"add","domains":["a.com"],"platforms":["wx0"]}`, 422, "invalid_platform"},
 		{"POST", "/v1/rollouts", `{"action":"add","domains":["a.com"],"platforms":[]}`, 422, "missing_platforms"},
 		{"GET", "/v1/rollouts/nope", "", 404, "not_found"},
 		{"GET", "/v1/rollouts/" + id + "/tasks?status=weird", "", 400, "invalid_status"},

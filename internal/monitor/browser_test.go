@@ -51,7 +51,7 @@ func TestUIInHeadlessChromium(t *testing.T) {
 	rb := redistest.Mini(t)
 	client := tasks.NewClient(rb.Client, tasks.ClientConfig{Prefix: rb.Prefix, Queue: rb.Queue})
 	t.Cleanup(func() { _ = client.Close() })
-	_, err = client.Enqueue(context.Background(), tasks.JumpDomainChange{Platform: "wx1", Action: "get"}, tasks.EnqueueOptions{})
+	_, err = client.Enqueue(context.Background(), tasks.JumpDomainChange{Platform: "wx0000000000000001", Action: "get"}, tasks.EnqueueOptions{})
 	require.NoError(t, err)
 	const uiToken = "browser-token-0123456789"
 	srv := httptest.NewServer(httpapi.New(httpapi.Config{

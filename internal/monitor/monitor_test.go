@@ -6,9 +6,11 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zaptest"
@@ -46,7 +48,7 @@ func TestUIBehindLogin(t *testing.T) {
 	rb := redistest.Mini(t)
 	client := tasks.NewClient(rb.Client, tasks.ClientConfig{Prefix: rb.Prefix, Queue: rb.Queue})
 	t.Cleanup(func() { _ = client.Close() })
-	_, err := client.Enqueue(context.Background(), tasks.JumpDomainChange{Platform: "wx1", Action: "get"}, tasks.EnqueueOptions{})
+	_, err := client.Enqueue(context.Background(), tasks.JumpDomainChange{Platform: "wx0000000000000001", Action: "get"}, tasks.EnqueueOptions{})
 	require.NoError(t, err)
 	srv := httptest.NewServer(httpapi.New(httpapi.Config{
 		Client: client, Tokens: []string{"ui-token-0123456789"}, Log: zaptest.NewLogger(t),
@@ -76,4 +78,69 @@ func TestUIBehindLogin(t *testing.T) {
 	resp, body = get("/monitoring/api/queues", true)
 	require.Equal(t, http.StatusOK, resp.StatusCode, body)
 	assert.Contains(t, body, rb.Queue)
+}
+
+// TestUIRefusesCrossSiteRequests: a browser resends basic-auth credentials
+// with a cross-site form post, so the UI (and the API, which also takes
+// them) refuses state-changing requests from other sites; the UI's own
+// same-origin requests still work.
+func TestUIRefusesCrossSiteRequests(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Mini(t)
+	client := tasks.NewClient(rb.Client, tasks.ClientConfig{Prefix: rb.Prefix, Queue: rb.Queue})
+	t.Cleanup(func() { _ = client.Close() })
+	_, err := client.Enqueue(context.Background(), tasks.JumpDomainChange{Platform: "wx0000000000000001", Action: "get"}, tasks.EnqueueOptions{})
+	require.NoError(t, err)
+	const uiToken = "ui-token-0123456789"
+	srv := httptest.NewServer(httpapi.New(httpapi.Config{
+		Client: client, Tokens: []string{uiToken}, Log: zaptest.NewLogger(t),
+		Monitoring: monitor.New(rb.Client, "/monitoring"),
+	}))
+	t.Cleanup(srv.Close)
+	inspector := asynq.NewInspectorFromRedisClient(rb.Client)
+	t.Cleanup(func() { _ = inspector.Close() })
+	paused := func() bool {
+		info, err := inspector.GetQueueInfo(rb.Queue)
+		require.NoError(t, err)
+		return info.Paused
+	}
+	post := func(path string, headers ...string) int {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+path, strings.NewReader("x=1"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth("ops", uiToken)
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	pausePath := "/monitoring/api/queues/" + rb.Queue + ":pause"
+	tests := []struct {
+		name    string
+		headers []string
+	}{
+		{"Sec-Fetch-Site cross-site", []string{"Sec-Fetch-Site", "cross-site", "Origin", "https://evil.example"}},
+		{"Sec-Fetch-Site same-site", []string{"Sec-Fetch-Site", "same-site"}},
+		{"Origin only", []string{"Origin", "https://evil.example"}},
+		{"Referer only", []string{"Referer", "https://evil.example/page.html"}},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, http.StatusForbidden, post(pausePath, tt.headers...), tt.name)
+		assert.False(t, paused(), "%s: nothing changed", tt.name)
+	}
+	// The same cross-site post to the API, where basic auth is taken too.
+	assert.Equal(t, http.StatusForbidden, post("/v1/rollouts", "Origin", "https://evil.example"))
+	keys, err := rb.Client.Keys(context.Background(), rb.Prefix+"rollout*").Result()
+	require.NoError(t, err)
+	assert.Empty(t, keys, "no rollout was created")
+
+	// The UI's own requests, and clients that are not browsers, pass.
+	assert.Equal(t, http.StatusNoContent, post(pausePath, "Sec-Fetch-Site", "same-origin", "Origin", srv.URL))
+	assert.True(t, paused())
+	assert.Equal(t, http.StatusNoContent, post("/monitoring/api/queues/"+rb.Queue+":resume"))
+	assert.False(t, paused())
+	assert.Equal(t, http.StatusNoContent, post(pausePath, "Referer", srv.URL+"/monitoring/queues"))
+	assert.True(t, paused())
 }

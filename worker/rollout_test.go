@@ -203,3 +203,132 @@ func TestRolloutEnsureCallsNothingWhereNothingIsToDo(t *testing.T) {
 	}
 	assert.Equal(t, 10, notes, "the skipped ones say so")
 }
+
+// TestFanoutFailsAPlatformItCannotQueue: a platform the fan-out cannot
+// queue (gone from the platforms file) fails alone, with the reason, and
+// the rollout finishes instead of fanning out for ever; a retry does the
+// same again.
+func TestFanoutFailsAPlatformItCannotQueue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	platforms := manyPlatforms(6)
+	b := setup(t, redistest.Real, setupOpts{platforms: platforms, noWorker: true})
+	gone := platforms[3]
+	// The API's service still knows the platform; the workers' does not.
+	api := rollout.New(b.redis.Client, b.client, rollout.Config{
+		Prefix: b.redis.Prefix, Queue: b.redis.Queue, BulkQueue: b.redis.Queue + "_bulk", Platforms: platforms,
+	})
+	t.Cleanup(func() { _ = api.Close() })
+	client := tasks.NewClient(b.redis.Client, tasks.ClientConfig{Prefix: b.redis.Prefix, Queue: b.redis.Queue,
+		Rules: tasks.Rules{KnownPlatform: func(a string) bool { return a != gone }}})
+	t.Cleanup(func() { _ = client.Close() })
+	workers := rollout.New(b.redis.Client, client, rollout.Config{
+		Prefix: b.redis.Prefix, Queue: b.redis.Queue, BulkQueue: b.redis.Queue + "_bulk", Platforms: platforms,
+	})
+	t.Cleanup(func() { _ = workers.Close() })
+	b.opts.handlers = map[string]asynq.Handler{rollout.TypeFanout: workers}
+	b.startWorker(t)
+
+	r, err := api.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.com"}, Platforms: platforms})
+	require.NoError(t, err)
+	r = waitRollout(t, api, r.ID)
+	assert.Equal(t, rollout.Counts{Succeeded: 5, Failed: 1}, r.Counts)
+	failed, _, err := api.Tasks(ctx, r.ID, tasks.StatusFailed, "", 100)
+	require.NoError(t, err)
+	require.Len(t, failed, 1)
+	assert.Equal(t, gone, failed[0].Platform)
+	assert.Contains(t, failed[0].Error, "could not be queued")
+	assert.Contains(t, failed[0].Error, "not in the platforms file")
+
+	_, err = api.Retry(ctx, r.ID)
+	require.NoError(t, err)
+	r = waitRollout(t, api, r.ID)
+	assert.Equal(t, rollout.Counts{Succeeded: 5, Failed: 1}, r.Counts)
+	assert.Equal(t, 1, r.Attempt)
+	info, err := asynq.NewInspectorFromRedisClient(b.redis.Client).GetQueueInfo(b.redis.Queue)
+	require.NoError(t, err)
+	assert.Zero(t, info.Retry+info.Pending+info.Active, "no fan-out left retrying")
+}
+
+// TestFanoutThatCannotFinishFailsTheRollout: when Redis keeps refusing the
+// fan-out's writes, it gives up after its bounded retries and the rollout
+// fails with the reason; every platform is counted.
+func TestFanoutThatCannotFinishFailsTheRollout(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	platforms := manyPlatforms(4)
+	b := setup(t, redistest.Real, setupOpts{platforms: platforms, noWorker: true})
+	svc := rollout.New(b.redis.Client, b.client, rollout.Config{
+		Prefix: b.redis.Prefix, Queue: b.redis.Queue, BulkQueue: b.redis.Queue + "_bulk", Platforms: platforms,
+	})
+	t.Cleanup(func() { _ = svc.Close() })
+	b.opts.handlers = map[string]asynq.Handler{rollout.TypeFanout: svc}
+	r, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.com"}, Platforms: platforms})
+	require.NoError(t, err)
+	// The first change's record key holds a hash: every fan-out try fails.
+	record := b.redis.Prefix + "record:" + rollout.TaskID(r.ID, 0, platforms[0])
+	require.NoError(t, b.redis.Client.HSet(ctx, record, "x", "y").Err())
+	b.startWorker(t)
+	r = waitRollout(t, svc, r.ID)
+	assert.Equal(t, rollout.StatusFailed, r.Status)
+	assert.Contains(t, r.Error, "the fan-out gave up after 11 tries")
+	assert.Contains(t, r.Error, "WRONGTYPE")
+	assert.Equal(t, rollout.Counts{Failed: 4}, r.Counts)
+	failed, _, err := svc.Tasks(ctx, r.ID, tasks.StatusFailed, "", 100)
+	require.NoError(t, err)
+	require.Len(t, failed, 4)
+	assert.Contains(t, failed[0].Error, "gave up")
+	assert.Zero(t, modifyCalls(b.sandbox))
+}
+
+// TestFinishedRolloutsExpire: a finished rollout's keys expire after the
+// rollout TTL, and the index keeps no dead id; a retry keeps it alive.
+func TestFinishedRolloutsExpire(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	platforms := manyPlatforms(3)
+	b := setup(t, redistest.Real, setupOpts{platforms: platforms, noWorker: true})
+	svc := rollout.New(b.redis.Client, b.client, rollout.Config{
+		Prefix: b.redis.Prefix, Queue: b.redis.Queue, BulkQueue: b.redis.Queue + "_bulk", Platforms: platforms, TTL: 2 * time.Second,
+		Rules: tasks.Rules{KnownPlatform: func(a string) bool { _, ok := b.secrets(a); return ok }},
+	})
+	t.Cleanup(func() { _ = svc.Close() })
+	b.opts.handlers = map[string]asynq.Handler{rollout.TypeFanout: svc}
+	b.startWorker(t)
+	b.sandbox.PutPlatform(wechattest.Platform{AppID: platforms[0], Secret: "secret-" + platforms[0]}) // not released: fails
+
+	r, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.com"}, Publish: true, Platforms: platforms})
+	require.NoError(t, err)
+	r = waitRollout(t, svc, r.ID)
+	require.Equal(t, 1, r.Counts.Failed)
+	keys := tasks.RolloutKeys(b.redis.Prefix, r.ID, 0)
+	for _, k := range keys {
+		ttl, err := b.redis.Client.PTTL(ctx, k).Result()
+		require.NoError(t, err)
+		assert.True(t, ttl > 0 && ttl <= 2*time.Second, "%s expires (ttl %s)", k, ttl)
+	}
+	// A retry: running again, nothing expires.
+	_, err = svc.Retry(ctx, r.ID)
+	require.NoError(t, err)
+	for _, k := range keys[:3] {
+		ttl, err := b.redis.Client.PTTL(ctx, k).Result()
+		require.NoError(t, err)
+		assert.Equal(t, time.Duration(-1), ttl, "%s persists while the rollout runs", k)
+	}
+	r = waitRollout(t, svc, r.ID)
+	require.NotNil(t, r.FinishedAt)
+	time.Sleep(2500 * time.Millisecond)
+	for _, k := range tasks.RolloutKeys(b.redis.Prefix, r.ID, 1) {
+		n, err := b.redis.Client.Exists(ctx, k).Result()
+		require.NoError(t, err)
+		assert.Zero(t, n, "%s is gone", k)
+	}
+	_, err = svc.Get(ctx, r.ID)
+	assert.ErrorIs(t, err, rollout.ErrNotFound)
+	list, err := svc.List(ctx, 50)
+	require.NoError(t, err)
+	assert.Empty(t, list)
+	n, err := b.redis.Client.ZCard(ctx, b.redis.Prefix+"rollouts").Result()
+	require.NoError(t, err)
+	assert.Zero(t, n, "the index keeps no dead id")
+}

@@ -62,6 +62,8 @@ type setupOpts struct {
 	// rates per platform (none: unlimited) and the global rate.
 	rates  map[string]limit.Rate
 	global limit.Rate
+	// upstream, if set, wraps the sandbox's handler (a redirecting front, say).
+	upstream func(http.Handler) http.Handler
 }
 
 // setup runs a real asynq worker against the sandbox upstream over the
@@ -74,7 +76,11 @@ func setup(t testing.TB, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 	for _, app := range apps {
 		sb.PutPlatform(wechattest.Platform{AppID: app, Secret: "secret-" + app, Released: true})
 	}
-	srv := httptest.NewServer(sb.Handler())
+	h := sb.Handler()
+	if o.upstream != nil {
+		h = o.upstream(h)
+	}
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 
 	obs, logs := observer.New(zapcore.InfoLevel)

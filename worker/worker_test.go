@@ -2,6 +2,12 @@ package worker_test
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -365,4 +371,46 @@ func TestUpstreamTransportFaultsAreRetried(t *testing.T) {
 	assert.Equal(t, 5, rec.Attempts, "four faults, each retried, then success")
 	p, _ := b.sandbox.Platform(appA)
 	assert.Equal(t, []string{"a.com"}, p.Testing)
+}
+
+// TestRedirectingUpstreamIsNotFollowed: an upstream that answers 307 gets
+// no second request anywhere: the secret, the ticket and the token never
+// reach the redirect's target. The change is retried like on a 5xx.
+func TestRedirectingUpstreamIsNotFollowed(t *testing.T) {
+	t.Parallel()
+	for _, api := range []string{"api_component_token", "modify_wxa_jump_domain"} {
+		t.Run(api, func(t *testing.T) {
+			t.Parallel()
+			var mu sync.Mutex
+			var received []string
+			target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				received = append(received, r.URL.String()+" "+r.Header.Get("Referer")+" "+string(body))
+				mu.Unlock()
+				w.WriteHeader(http.StatusOK)
+			}))
+			t.Cleanup(target.Close)
+			b := setup(t, redistest.Mini, setupOpts{maxAttempts: 3, upstream: func(h http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if strings.HasSuffix(r.URL.Path, api) {
+						http.Redirect(w, r, target.URL+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+						return
+					}
+					h.ServeHTTP(w, r)
+				})
+			}})
+			rec := b.enqueueWait(t, change(tasks.ActionAdd, false, "a.com"))
+			assert.Equal(t, tasks.StatusFailed, rec.Status)
+			assert.Equal(t, 3, rec.Attempts, "retried like an upstream 5xx, then given up")
+			assert.Contains(t, rec.Error, api+": HTTP 307: redirect to host "+strings.TrimPrefix(target.URL, "http://")+" not followed")
+			assert.NotContains(t, rec.Error, "access_token")
+			mu.Lock()
+			defer mu.Unlock()
+			assert.Empty(t, received, "the redirect's target received nothing")
+			for _, e := range b.logs.All() {
+				assert.NotContains(t, fmt.Sprint(e.ContextMap()), "access_token", e.Message)
+			}
+		})
+	}
 }

@@ -131,18 +131,23 @@ platforms:
 
 func TestPlatformsFileErrors(t *testing.T) {
 	t.Parallel()
+	const appid = "wx1234567890abcdef"
 	tests := []struct {
 		name string
 		give string
 		want string
 	}{
-		{"unknown field", "platforms:\n  - appid: wx1\n    secret: s\n    sekret: x\n", "field sekret not found"},
+		{"unknown field", "platforms:\n  - appid: " + appid + "\n    secret: s\n    sekret: x\n", "field sekret not found"},
 		{"no platforms", "platforms: []\n", "no platforms listed"},
-		{"duplicate", "platforms:\n  - {appid: wx1, secret: s}\n  - {appid: wx1, secret: s}\n", "listed twice"},
-		{"no secret", "platforms:\n  - {appid: wx1}\n", "secret_env (or secret) is required"},
-		{"both secrets", "platforms:\n  - {appid: wx1, secret: s, secret_env: S}\n", "not both"},
+		{"duplicate", "platforms:\n  - {appid: " + appid + ", secret: s}\n  - {appid: " + appid + ", secret: s}\n", "listed twice"},
+		{"no secret", "platforms:\n  - {appid: " + appid + "}\n", "secret_env (or secret) is required"},
+		{"both secrets", "platforms:\n  - {appid: " + appid + ", secret: s, secret_env: S}\n", "not both"},
 		{"bad appid", "platforms:\n  - {appid: 'wx 1', secret: s}\n", "platforms[0].appid"},
-		{"negative rate", "platforms:\n  - {appid: wx1, secret: s, rate: -1}\n", "must not be negative"},
+		{"internal key name as appid", "platforms:\n  - {appid: _global, secret: s}\n", `platforms[0].appid "_global": not a component appid`},
+		{"short appid", "platforms:\n  - {appid: wx1, secret: s}\n", `platforms[0].appid "wx1": not a component appid`},
+		{"upper-case appid", "platforms:\n  - {appid: WX1234567890ABCDEF, secret: s}\n", "16 lower-case hex digits"},
+		{"appid with a key separator", "platforms:\n  - {appid: 'wx1234567890abcde:', secret: s}\n", "not a component appid"},
+		{"negative rate", "platforms:\n  - {appid: " + appid + ", secret: s, rate: -1}\n", "must not be negative"},
 		{"not yaml", "platforms: [", "yaml"},
 	}
 	for _, tt := range tests {

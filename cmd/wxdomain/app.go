@@ -253,7 +253,7 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 	h := worker.NewHandler(store, tokens, wc, pauses, limiter, worker.Config{
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts, OperatorPause: cfg.OperatorPause,
 		Policy: policy,
-		Rate: platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,
+		Rate:   platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,
 		// Deferred tasks come back once the queue's poller sees them due.
 		Lead:       cfg.PollInterval + 100*time.Millisecond,
 		Metrics:    m,

@@ -111,10 +111,10 @@ func Default() Config {
 		HTTPMaxHeaderBytes: 64 << 10,
 		PushMaxSkew:        5 * time.Minute,
 		RolloutTTL:         30 * 24 * time.Hour,
-		Queue:           tasks.QueueDefault,
-		KeyPrefix:       tasks.DefaultPrefix,
-		LogLevel:        zapcore.InfoLevel,
-		LogFormat:       "json",
+		Queue:              tasks.QueueDefault,
+		KeyPrefix:          tasks.DefaultPrefix,
+		LogLevel:           zapcore.InfoLevel,
+		LogFormat:          "json",
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -27,10 +28,15 @@ import (
 
 	"github.com/wxdomain/wxdomain/internal/ticket"
 	"github.com/wxdomain/wxdomain/internal/wechattest"
+	"github.com/wxdomain/wxdomain/internal/wxcrypt"
 	"github.com/wxdomain/wxdomain/tasks"
 )
 
-const apiToken = "chaos-api-token-0123456789"
+const (
+	apiToken   = "chaos-api-token-0123456789"
+	pushToken  = "chaos-push-token"
+	pushAESKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+)
 
 func main() {
 	if err := run(); err != nil {
@@ -40,6 +46,12 @@ func main() {
 }
 
 func run() error {
+	only := flag.String("run", "", "run only the scenarios whose name matches this regular expression")
+	flag.Parse()
+	match, err := regexp.Compile(*only)
+	if err != nil {
+		return fmt.Errorf("-run: %w", err)
+	}
 	dir, err := os.MkdirTemp("", "wxchaos-")
 	if err != nil {
 		return err
@@ -60,6 +72,9 @@ func run() error {
 		{"upstream faults (reset, 502, truncated JSON, 20s stall)", upstreamFaults},
 		{"hostile requests to the API", badInput},
 	} {
+		if !match.MatchString(sc.name) {
+			continue
+		}
 		l, err := newLab(dir, bin)
 		if err != nil {
 			return err
@@ -125,7 +140,7 @@ func newLab(dir, bin string) (*lab, error) {
 	for i := 0; i < 20; i++ {
 		a := fmt.Sprintf("wxc%015x", i)
 		l.apps = append(l.apps, a)
-		yaml += "  - {appid: " + a + ", secret_env: S, rate: 1000}\n"
+		yaml += "  - {appid: " + a + ", secret_env: S, rate: 1000, token: " + pushToken + ", encoding_aes_key: " + pushAESKey + "}\n"
 	}
 	pf := filepath.Join(sub, "platforms.yaml")
 	if err := os.WriteFile(pf, []byte(yaml), 0o600); err != nil {
@@ -449,16 +464,217 @@ func badInput(l *lab) (string, bool, error) {
 		refused++
 	}
 	keys, _ := l.rdb.Keys(context.Background(), tasks.DefaultPrefix+"record:*").Result()
+	enqueued := len(keys)
+
+	// The edges: replayed pushes, ids that name other keys, cross-site
+	// posts, an upstream that redirects.
+	for _, c := range l.edgeCases(api) {
+		total++
+		if c.err != nil {
+			bad = append(bad, c.name+": "+c.err.Error())
+		} else {
+			refused++
+		}
+	}
+
 	resp, err := http.Get(api + "/healthz")
 	serving := err == nil && resp.StatusCode == 200
 	if resp != nil {
 		_ = resp.Body.Close()
 	}
-	s := fmt.Sprintf("%d requests, %d refused with their code, %d enqueued, still serving: %v", total, refused, len(keys), serving)
+	s := fmt.Sprintf("%d requests, %d refused with their code, %d enqueued, still serving: %v", total, refused, enqueued, serving)
 	if len(bad) > 0 {
 		s += "; wrong: " + strings.Join(bad, "; ")
 	}
-	return s, refused == total && len(keys) == 0 && serving, nil
+	return s, refused == total && enqueued == 0 && serving, nil
+}
+
+type edgeCase struct {
+	name string
+	err  error // nil: handled as it must be
+}
+
+// edgeCases tries the holes closed by issue 10 on the running server.
+func (l *lab) edgeCases(api string) []edgeCase {
+	ctx := context.Background()
+	app := l.apps[0]
+	ticketKey := tasks.DefaultPrefix + "ticket:" + app
+	stored := func() string { return l.rdb.HGet(ctx, ticketKey, "ticket").Val() }
+	var out []edgeCase
+	check := func(name string, err error) { out = append(out, edgeCase{name, err}) }
+
+	// A fresh push is stored; the same push replayed later, or an older
+	// ticket, changes nothing.
+	now := time.Now()
+	status, _, err := push(api, app, "fresh-ticket", now, now.Add(2*time.Second)) // newer than the lab's ticket
+	if err == nil && (status != 200 || stored() != "fresh-ticket") {
+		err = fmt.Errorf("fresh push: %d, stored %q", status, stored())
+	}
+	check("fresh push stored", err)
+	status, answer, err := push(api, app, "replayed-ticket", now.Add(-20*time.Minute), now.Add(-20*time.Minute))
+	if err == nil && (status != 403 || !strings.Contains(answer, "timestamp") || stored() != "fresh-ticket") {
+		err = fmt.Errorf("replayed push: %d %q, stored %q", status, answer, stored())
+	}
+	check("replayed push (old timestamp) refused", err)
+	status, answer, err = push(api, app, "older-ticket", now, now.Add(-time.Hour))
+	if err == nil && (status != 200 || answer != "success" || stored() != "fresh-ticket") {
+		err = fmt.Errorf("older push: %d %q, stored %q", status, answer, stored())
+	}
+	check("older ticket answered success, not stored", err)
+
+	// A rollout id naming another key of the rollout.
+	id, err := l.createRollout(api, app)
+	if err == nil {
+		stateKey := tasks.RolloutStateKey(tasks.DefaultPrefix, id)
+		before := l.rdb.HGetAll(ctx, stateKey).Val()
+		for _, path := range []string{"/v1/rollouts/" + id + ":state/cancel", "/v1/rollouts/" + id + ":counts/retry"} {
+			if code, _ := l.call(api, http.MethodPost, path, "", nil); code != 404 {
+				err = errors.Join(err, fmt.Errorf("POST %s: %d", path, code))
+			}
+		}
+		if code, _ := l.call(api, http.MethodGet, "/v1/rollouts/"+id+":platforms:0", "", nil); code != 404 {
+			err = errors.Join(err, fmt.Errorf("GET :platforms:0: %d", code))
+		}
+		if after := l.rdb.HGetAll(ctx, stateKey).Val(); fmt.Sprint(after) != fmt.Sprint(before) {
+			err = errors.Join(err, fmt.Errorf("state changed: %v → %v", before, after))
+		}
+	}
+	check("rollout ids naming other keys answered 404, nothing written", err)
+
+	// A cross-site form post to the monitoring UI with basic auth.
+	code, _ := l.call(api, http.MethodPost, "/monitoring/api/queues/"+tasks.QueueDefault+":pause", "x=1", map[string]string{
+		"Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded", "basic": "1",
+	})
+	paused := l.rdb.Exists(ctx, "asynq:{"+tasks.QueueDefault+"}:paused").Val() == 1
+	err = nil
+	if code != 403 || paused {
+		err = fmt.Errorf("cross-site pause: %d, queue paused: %v", code, paused)
+	}
+	check("cross-site POST to the UI refused", err)
+
+	check("redirecting upstream not followed", l.redirectingUpstream())
+	return out
+}
+
+// push sends WeChat's encrypted ticket push, sent and created at the given times.
+func push(api, appid, ticket string, sent, created time.Time) (int, string, error) {
+	c, err := wxcrypt.New(pushToken, pushAESKey, appid)
+	if err != nil {
+		return 0, "", err
+	}
+	inner := fmt.Sprintf(`<xml><AppId>%s</AppId><CreateTime>%d</CreateTime><InfoType>component_verify_ticket</InfoType><ComponentVerifyTicket>%s</ComponentVerifyTicket></xml>`, appid, created.Unix(), ticket)
+	enc, err := c.Encrypt([]byte("0123456789abcdef"), []byte(inner))
+	if err != nil {
+		return 0, "", err
+	}
+	ts := fmt.Sprint(sent.Unix())
+	u := api + "/wechat/events/" + appid + "?timestamp=" + ts + "&nonce=7&encrypt_type=aes&msg_signature=" + c.Signature(ts, "7", enc)
+	resp, err := http.Post(u, "text/xml", strings.NewReader("<xml><Encrypt>"+enc+"</Encrypt></xml>"))
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b)), nil
+}
+
+// call makes an authenticated API request ("basic" in headers: basic auth).
+func (l *lab) call(api, method, path, body string, headers map[string]string) (int, []byte) {
+	req, _ := http.NewRequest(method, api+path, strings.NewReader(body))
+	if headers["basic"] != "" {
+		req.SetBasicAuth("ops", apiToken)
+	} else {
+		req.Header.Set("Authorization", "Bearer "+apiToken)
+	}
+	for k, v := range headers {
+		if k != "basic" {
+			req.Header.Set(k, v)
+		}
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func (l *lab) createRollout(api, app string) (string, error) {
+	code, b := l.call(api, http.MethodPost, "/v1/rollouts", `{"action":"add","domains":["a.com"],"platforms":["`+app+`"]}`, nil)
+	var r struct {
+		ID string `json:"rollout_id"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil || code != 202 {
+		return "", fmt.Errorf("create rollout: %d %s", code, b)
+	}
+	return r.ID, nil
+}
+
+// redirectingUpstream runs a worker against an upstream that redirects
+// every call to a target that records what reaches it: nothing may.
+func (l *lab) redirectingUpstream() error {
+	var mu sync.Mutex
+	var got []string
+	target := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		got = append(got, r.URL.String()+" "+string(b))
+		mu.Unlock()
+	})}
+	tln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go func() { _ = target.Serve(tln) }()
+	defer target.Close()
+	redirector := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://"+tln.Addr().String()+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+	})}
+	rln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	go func() { _ = redirector.Serve(rln) }()
+	defer redirector.Close()
+
+	env := append(append([]string{}, l.env...), "WXDOMAIN_WECHAT_BASE_URL=http://"+rln.Addr().String(), "WXDOMAIN_MAX_ATTEMPTS=2",
+		"WXDOMAIN_QUEUE=chaos_redirect", "WXDOMAIN_BULK_QUEUE=chaos_redirect_bulk")
+	w := &proc{cmd: exec.Command(l.bin, "worker")}
+	w.cmd.Env = env
+	w.cmd.Stdout, w.cmd.Stderr = w, w
+	if err := w.cmd.Start(); err != nil {
+		return err
+	}
+	l.procs = append(l.procs, w)
+	if _, err := l.waitFor(w, "worker started", 20*time.Second); err != nil {
+		return err
+	}
+	c := tasks.NewClient(l.rdb, tasks.ClientConfig{Queue: "chaos_redirect", PollInterval: 100 * time.Millisecond})
+	defer c.Close()
+	rec, err := c.Enqueue(context.Background(), tasks.JumpDomainChange{Platform: l.apps[1], Action: tasks.ActionGet}, tasks.EnqueueOptions{})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	final, err := c.Wait(ctx, rec.TaskID)
+	if err != nil {
+		return fmt.Errorf("change did not finish: %w", err)
+	}
+	_ = w.cmd.Process.Signal(syscall.SIGTERM)
+	_ = w.cmd.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	switch {
+	case len(got) > 0:
+		return fmt.Errorf("the redirect's target received %d requests", len(got))
+	case final.Status != tasks.StatusFailed || !strings.Contains(final.Error, "HTTP 307"):
+		return fmt.Errorf("change %s: %s", final.Status, final.Error)
+	case strings.Contains(w.text(), "access_token") || strings.Contains(final.Error, "access_token"):
+		return errors.New("a log line or the record names the access token")
+	}
+	return nil
 }
 
 // rawRequest sends bytes as they are and returns the answer's status code.

@@ -47,8 +47,24 @@ type app struct {
 func newRootCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra.Command {
 	a := &app{getenv: getenv, stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
-		Use:           "wxdomain",
-		Short:         "Change WeChat third-party platforms' Mini Program jump domains, reliably, at fleet scale",
+		Use:   "wxdomain",
+		Short: "Change WeChat third-party platforms' Mini Program jump domains, reliably, at fleet scale",
+		Long: `Change WeChat third-party platforms' Mini Program jump domains, reliably, at fleet scale.
+
+Appids are component appids: "wx" and 16 lower-case hex digits. Ids and
+appids given to any command are checked against the form wxdomain makes
+before Redis is touched.
+
+A platform WeChat cannot serve now is paused for the whole fleet, with a kind
+that says what ends it: a new ticket ends only no_ticket and ticket_refused;
+minute_limit ends at the next minute, daily_quota at 00:00 China time, the
+others after WXDOMAIN_OPERATOR_PAUSE; 'wxdomain platforms resume APPID' ends
+any of them at once.
+
+'wxdomain serve' requires WXDOMAIN_API_TOKENS, refuses cross-site
+state-changing browser requests, refuses WeChat pushes older than
+WXDOMAIN_PUSH_MAX_SKEW and tickets older than the stored one, and cuts off
+slow requests. See the README for every setting.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

@@ -28,7 +28,17 @@ func (a *app) serveCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve [--addr 127.0.0.1:8080] [--with-worker]",
 		Short: "Serve the HTTP API (and, with --with-worker, process changes in the same process)",
-		Args:  cobra.NoArgs,
+		Long: `Serves the HTTP API under /v1 (OpenAPI at /v1/openapi.json), the monitoring UI
+under /monitoring/, /metrics, and WeChat's ticket pushes at /wechat/events/{appid}.
+
+Every /v1 route and the UI need one of WXDOMAIN_API_TOKENS (bearer token, or a
+browser's basic-auth password). State-changing requests from another site's
+pages are refused (403 cross_site_request). A push whose timestamp is more than
+WXDOMAIN_PUSH_MAX_SKEW from now is refused; one whose ticket is not newer than
+the stored one changes nothing. Slow requests are cut off
+(WXDOMAIN_HTTP_READ_TIMEOUT), answers bounded (WXDOMAIN_HTTP_WRITE_TIMEOUT,
+long polls end 5s before it), error answers never exceed 16 KiB.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			cfg, platforms, err := a.configAndPlatforms()

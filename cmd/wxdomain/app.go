@@ -230,6 +230,17 @@ func (a *app) producer(ctx context.Context, needPlatforms bool, check func(tasks
 	return &producer{rdb: rdb, client: client}, nil
 }
 
+// platformProducer connects a tasks client for a command about one
+// platform, once its appid is known to be of the platforms file.
+func (a *app) platformProducer(ctx context.Context, appid string) (*producer, error) {
+	return a.producer(ctx, true, func(r tasks.Rules) error {
+		if pr, ok := tasks.CheckPlatform(appid, r); !ok {
+			return fmt.Errorf("platform %q %s", tasks.Truncate(appid), pr.Reason)
+		}
+		return nil
+	})
+}
+
 // fleet is the worker's wiring from configuration: what `worker` and `dev` share.
 type fleet struct {
 	rdb      redis.UniversalClient
@@ -421,12 +432,7 @@ time or 'wxdomain platforms resume APPID'.`,
 					return fmt.Errorf("--time %q: %w", tasks.Truncate(created), err)
 				}
 			}
-			p, err := a.producer(cmd.Context(), true, func(r tasks.Rules) error {
-				if pr, ok := tasks.CheckPlatform(appid, r); !ok {
-					return fmt.Errorf("platform %q %s", tasks.Truncate(appid), pr.Reason)
-				}
-				return nil
-			})
+			p, err := a.platformProducer(cmd.Context(), appid)
 			if err != nil {
 				return err
 			}

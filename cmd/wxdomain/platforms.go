@@ -70,12 +70,7 @@ new ticket ends only the pauses a ticket cures.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			appid := args[0]
-			p, err := a.producer(cmd.Context(), true, func(r tasks.Rules) error {
-				if pr, ok := tasks.CheckPlatform(appid, r); !ok {
-					return fmt.Errorf("platform %q %s", tasks.Truncate(appid), pr.Reason)
-				}
-				return nil
-			})
+			p, err := a.platformProducer(cmd.Context(), appid)
 			if err != nil {
 				return err
 			}

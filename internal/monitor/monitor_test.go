@@ -43,22 +43,31 @@ func TestFormatters(t *testing.T) {
 	assert.Equal(t, "{\n  \"status\": \"succeeded\"\n}", monitor.FormatResult(tasks.TypeJumpDomain, []byte(`{"status":"succeeded"}`)))
 }
 
-func TestUIBehindLogin(t *testing.T) {
-	t.Parallel()
+const uiToken = "ui-token-0123456789"
+
+// uiServer serves the API with the UI over a Redis holding one queued change.
+func uiServer(t *testing.T) (redistest.Bundle, *httptest.Server) {
+	t.Helper()
 	rb := redistest.Mini(t)
 	client := tasks.NewClient(rb.Client, tasks.ClientConfig{Prefix: rb.Prefix, Queue: rb.Queue})
 	t.Cleanup(func() { _ = client.Close() })
 	_, err := client.Enqueue(context.Background(), tasks.JumpDomainChange{Platform: "wx0000000000000001", Action: "get"}, tasks.EnqueueOptions{})
 	require.NoError(t, err)
 	srv := httptest.NewServer(httpapi.New(httpapi.Config{
-		Client: client, Tokens: []string{"ui-token-0123456789"}, Log: zaptest.NewLogger(t),
+		Client: client, Tokens: []string{uiToken}, Log: zaptest.NewLogger(t),
 		Monitoring: monitor.New(rb.Client, "/monitoring"),
 	}))
 	t.Cleanup(srv.Close)
+	return rb, srv
+}
+
+func TestUIBehindLogin(t *testing.T) {
+	t.Parallel()
+	rb, srv := uiServer(t)
 	get := func(path string, login bool) (*http.Response, string) {
 		req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
 		if login {
-			req.SetBasicAuth("ops", "ui-token-0123456789")
+			req.SetBasicAuth("ops", uiToken)
 		}
 		c := &http.Client{Timeout: 10 * time.Second}
 		resp, err := c.Do(req)
@@ -86,17 +95,7 @@ func TestUIBehindLogin(t *testing.T) {
 // same-origin requests still work.
 func TestUIRefusesCrossSiteRequests(t *testing.T) {
 	t.Parallel()
-	rb := redistest.Mini(t)
-	client := tasks.NewClient(rb.Client, tasks.ClientConfig{Prefix: rb.Prefix, Queue: rb.Queue})
-	t.Cleanup(func() { _ = client.Close() })
-	_, err := client.Enqueue(context.Background(), tasks.JumpDomainChange{Platform: "wx0000000000000001", Action: "get"}, tasks.EnqueueOptions{})
-	require.NoError(t, err)
-	const uiToken = "ui-token-0123456789"
-	srv := httptest.NewServer(httpapi.New(httpapi.Config{
-		Client: client, Tokens: []string{uiToken}, Log: zaptest.NewLogger(t),
-		Monitoring: monitor.New(rb.Client, "/monitoring"),
-	}))
-	t.Cleanup(srv.Close)
+	rb, srv := uiServer(t)
 	inspector := asynq.NewInspectorFromRedisClient(rb.Client)
 	t.Cleanup(func() { _ = inspector.Close() })
 	paused := func() bool {

@@ -293,7 +293,7 @@ func (s *Sandbox) issueToken(appid, secret, ticket string) (answer, time.Duratio
 	call := Call{Time: now, API: "api_component_token", AppID: appid}
 	defer func() { s.calls = append(s.calls, call) }()
 
-	p, ok := s.platforms[appid]
+	_, ok := s.platforms[appid]
 	switch {
 	case appid == "":
 		call.ErrCode = 41002
@@ -302,7 +302,7 @@ func (s *Sandbox) issueToken(appid, secret, ticket string) (answer, time.Duratio
 		call.ErrCode = 40013
 		return apiError(40013, "invalid appid"), s.latency
 	}
-	p = s.platformLocked(appid)
+	p := s.platformLocked(appid)
 	f := s.faultsLocked(p)
 	delay := s.latency + f.Latency
 	switch {

@@ -5,10 +5,10 @@ package platform
 import (
 	"context"
 	"errors"
-	"github.com/wxdomain/wxdomain/internal/ticket"
 	"time"
 
 	"github.com/wxdomain/wxdomain/internal/pause"
+	"github.com/wxdomain/wxdomain/internal/ticket"
 	"github.com/wxdomain/wxdomain/internal/token"
 )
 
@@ -26,6 +26,9 @@ type Status struct {
 type TicketStatus struct {
 	Stored     bool      `json:"stored"`
 	ReceivedAt time.Time `json:"received_at,omitzero"`
+	// CreatedAt is WeChat's CreateTime of the ticket (or when an operator
+	// stored it without one): a push created no later changes nothing.
+	CreatedAt  time.Time `json:"created_at,omitzero"`
 	AgeSeconds int64     `json:"age_seconds,omitempty"`
 }
 
@@ -58,7 +61,7 @@ func Report(ctx context.Context, src Sources, platforms []Configured) ([]Status,
 		case err != nil:
 			return nil, err
 		default:
-			st.Ticket = TicketStatus{Stored: true, ReceivedAt: t.ReceivedAt.UTC(), AgeSeconds: int64(now.Sub(t.ReceivedAt) / time.Second)}
+			st.Ticket = TicketStatus{Stored: true, ReceivedAt: t.ReceivedAt.UTC(), CreatedAt: t.CreatedAt.UTC(), AgeSeconds: int64(now.Sub(t.ReceivedAt) / time.Second)}
 		}
 		pz, paused, err := src.Pauses.Get(ctx, p.AppID)
 		if err != nil {

@@ -54,6 +54,23 @@ var ErrIdempotencyConflict = errors.New("idempotency key already used for a diff
 // ErrInvalidTicket is returned by SetTicket for an empty or oversized ticket.
 var ErrInvalidTicket = errors.New("ticket must be 1 to 1024 characters")
 
+// ErrInvalidTicketTime is returned for a ticket creation time in the
+// future: it would make every later push look older, and be ignored.
+var ErrInvalidTicketTime = errors.New("a ticket's creation time must not be in the future; give WeChat's CreateTime (Unix seconds)")
+
+// TicketClockSkew is how far in the future a ticket's creation time may be,
+// for clocks that disagree.
+const TicketClockSkew = 5 * time.Minute
+
+// CheckTicketTime refuses a ticket creation time in the future (beyond
+// TicketClockSkew); zero means none was given.
+func CheckTicketTime(t time.Time) error {
+	if !t.IsZero() && t.After(time.Now().Add(TicketClockSkew)) {
+		return ErrInvalidTicketTime
+	}
+	return nil
+}
+
 // ErrInvalidIdempotencyKey is returned for an empty-after-trim or oversized key.
 var ErrInvalidIdempotencyKey = errors.New("idempotency key must be 1 to 255 printable characters")
 
@@ -405,14 +422,19 @@ func (c *Client) SetTicket(ctx context.Context, appid, value string, createdAt t
 	if value == "" || len(value) > 1024 {
 		return TicketResult{}, ErrInvalidTicket
 	}
-	stored, inForce, err := ticket.NewStore(c.rdb, c.cfg.Prefix).SetAt(ctx, appid, value, createdAt)
+	if err := CheckTicketTime(createdAt); err != nil {
+		return TicketResult{}, err
+	}
+	set, err := ticket.NewStore(c.rdb, c.cfg.Prefix).SetWithResult(ctx, appid, value, createdAt)
 	if err != nil {
 		return TicketResult{}, err
 	}
-	res := TicketResult{Stored: stored, CreatedAt: inForce.UTC()}
-	if !stored {
+	res := TicketResult{Stored: set.Stored, CreatedAt: set.InForce.UTC()}
+	if !set.Same {
 		return res, nil
 	}
+	// Stored now, or by an earlier delivery of the same push whose resume
+	// may not have happened (WeChat retries a push answered with an error).
 	r, err := pause.NewStore(c.rdb, c.cfg.Prefix).ResumeForTicket(ctx, c.inspect, appid)
 	if err != nil {
 		return res, err

@@ -117,6 +117,13 @@ func (ps *Problems) Merge(e *ValidationError) {
 	ps.more += e.More
 }
 
+func (ps *Problems) merge(o Problems) {
+	for _, p := range o.list {
+		ps.Add(p)
+	}
+	ps.more += o.more
+}
+
 // Len is how many problems were added.
 func (ps *Problems) Len() int { return len(ps.list) + ps.more }
 

@@ -63,7 +63,7 @@ func TestProblemsAreBounded(t *testing.T) {
 	t.Parallel()
 	domains := make([]string, 150)
 	for i := range domains {
-		domains[i] = "https://" + strings.Repeat("x", 10_000)
+		domains[i] = "https://" + strings.Repeat("x", 10_000) + strconv.Itoa(i)
 	}
 	c := tasks.JumpDomainChange{Platform: "bad platform", Action: tasks.ActionSet, Domains: domains}
 	err := c.Validate()
@@ -83,5 +83,10 @@ func TestProblemsAreBounded(t *testing.T) {
 	err = c.Validate()
 	assert.ErrorAs(t, err, &ve)
 	assert.Equal(t, tasks.CodeTooManyDomains, ve.Code())
-	assert.Len(t, ve.Problems, 1, "counted before each domain is checked")
+	assert.Len(t, ve.Problems, 1, "one problem for a list over the limit")
+
+	// Spellings of one domain count once, as after normalising.
+	c = tasks.JumpDomainChange{Platform: "wx1234567890abcdef", Action: tasks.ActionSet, Domains: append(many[:199:199], "xn--bcher-kva.de", "bücher.de", "BÜCHER.de.")}
+	assert.NoError(t, c.Validate())
+	assert.Len(t, c.Domains, 200)
 }

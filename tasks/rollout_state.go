@@ -113,22 +113,61 @@ func MoveRolloutPlatform(ctx context.Context, rdb redis.UniversalClient, prefix,
 	return nil
 }
 
-// rolloutReset: KEYS state, counts; ARGV appid. A failed or canceled
-// platform goes back to queued for a retry.
-var rolloutReset = redis.NewScript(`
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if old ~= 'failed' and old ~= 'canceled' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], 'queued')
-redis.call('HINCRBY', KEYS[2], old, -1)
-redis.call('HINCRBY', KEYS[2], 'queued', 1)
-return 1`)
+// rolloutRetry starts a new attempt over a rollout's failed and canceled
+// platforms, in one step: KEYS rollout, state, counts. Returns {n, attempt}:
+// n platforms reset to queued for the attempt; 0 when none failed; -1 when
+// the attempt is still fanning out (resume it); -2 when there is no rollout.
+var rolloutRetry = redis.NewScript(rolloutKeysLua + `
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {-2, 0} end
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if st == 'fanning_out' then return {-1, attempt} end
+local again = {}
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if all[i + 1] == 'failed' or all[i + 1] == 'canceled' then again[#again + 1] = all[i] end
+end
+if #again == 0 then return {0, attempt} end
+table.sort(again)
+attempt = attempt + 1
+for _, a in ipairs(again) do
+  local old = redis.call('HGET', KEYS[2], a)
+  redis.call('HSET', KEYS[2], a, 'queued')
+  redis.call('HINCRBY', KEYS[3], old, -1)
+  redis.call('HINCRBY', KEYS[3], 'queued', 1)
+end
+local list = KEYS[1] .. ':platforms:' .. attempt
+for i = 1, #again, 1000 do
+  redis.call('RPUSH', list, unpack(again, i, math.min(i + 999, #again)))
+end
+redis.call('SET', KEYS[1] .. ':fanned:' .. attempt, 0)
+redis.call('HSET', KEYS[1], 'attempt', attempt, 'status', 'fanning_out')
+redis.call('HDEL', KEYS[1], 'finished_at', 'error')
+-- Running again: nothing of it expires.
+for _, k in ipairs(rolloutKeys(KEYS[1], KEYS[2], KEYS[3])) do redis.call('PERSIST', k) end
+return {#again, attempt}`)
 
-// ResetRolloutPlatform puts a failed or canceled platform back to queued.
-func ResetRolloutPlatform(ctx context.Context, rdb redis.UniversalClient, prefix, id, appid string) error {
-	if err := rolloutReset.Run(ctx, rdb, []string{RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id)}, appid).Err(); err != nil {
-		return fmt.Errorf("reset rollout %s platform %s: %w", id, appid, err)
+// RetryOutcome is what RetryRollout did.
+type RetryOutcome int
+
+// The outcomes of RetryRollout other than a count of platforms.
+const (
+	RetryNothing  RetryOutcome = 0  // no platform failed or was canceled
+	RetryUnderWay RetryOutcome = -1 // the attempt is still fanning out
+	RetryNoSuch   RetryOutcome = -2 // no such rollout
+)
+
+// RetryRollout starts a new attempt of a rollout over its failed and
+// canceled platforms: their state, the counts, the attempt's platform list
+// and the rollout's status move in one step, so a failure part-way leaves
+// nothing half done. It returns how many platforms the attempt covers (or
+// a RetryOutcome) and the rollout's attempt.
+func RetryRollout(ctx context.Context, rdb redis.UniversalClient, prefix, id string) (RetryOutcome, int, error) {
+	res, err := rolloutRetry.Run(ctx, rdb, []string{RolloutKey(prefix, id), RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id)}).Int64Slice()
+	if err != nil {
+		return 0, 0, fmt.Errorf("retry rollout %s: %w", id, err)
 	}
-	return nil
+	return RetryOutcome(res[0]), int(res[1]), nil
 }
 
 // RolloutStatus reads a rollout's status ("" if unknown).

@@ -107,31 +107,21 @@ func (c *JumpDomainChange) ValidateWith(r Rules) error {
 	}
 
 	var domains []string
-	switch n := roughlyDistinct(c.Domains); {
+	switch {
 	case c.Action == ActionGet && len(c.Domains) > 0:
 		problems.Add(Problem{Code: CodeUnexpectedField, Field: "domains", Reason: "must be empty for get"})
 	case c.Action.Valid() && c.Action != ActionGet && len(c.Domains) == 0:
 		problems.Add(Problem{Code: CodeMissingDomains, Field: "domains", Reason: fmt.Sprintf("are required for %s", c.Action)})
-	case n > maxDomains:
-		// Counted before each domain is checked, so that a huge list costs
-		// one problem, not one per domain.
-		problems.Add(Problem{Code: CodeTooManyDomains, Field: "domains", Reason: fmt.Sprintf("has %d distinct domains; the limit is %d", n, maxDomains)})
 	default:
-		seen := make(map[string]bool, len(c.Domains))
-		for i, d := range c.Domains {
-			n, err := NormalizeDomain(d)
-			if err != nil {
-				problems.Add(Problem{Code: CodeInvalidDomain, Field: fmt.Sprintf("domains[%d]", i), Value: d, Reason: err.Error()})
-				continue
-			}
-			if !seen[n] {
-				seen[n] = true
-				domains = append(domains, n)
-			}
-		}
-		if len(domains) > maxDomains {
-			// The count is checked after removing duplicates, as WeChat counts.
-			problems.Add(Problem{Code: CodeTooManyDomains, Field: "domains", Reason: fmt.Sprintf("has %d distinct domains; the limit is %d", len(domains), maxDomains)})
+		var bad Problems
+		domains, bad = normalizeAll(c.Domains)
+		// The count is checked first, as WeChat counts: distinct after
+		// normalising, a domain that is not valid counting as itself. A list
+		// over the limit is one problem, however many of its domains are bad.
+		if n := len(domains) + bad.Len(); n > maxDomains {
+			problems.Add(Problem{Code: CodeTooManyDomains, Field: "domains", Reason: fmt.Sprintf("has %d distinct domains; the limit is %d", n, maxDomains)})
+		} else {
+			problems.merge(bad)
 		}
 	}
 
@@ -158,17 +148,30 @@ func CheckPlatform(appid string, r Rules) (Problem, bool) {
 	return Problem{}, true
 }
 
-// roughlyDistinct counts the domains that differ after case folding, a
-// cheap lower bound of what normalising would leave.
-func roughlyDistinct(domains []string) int {
-	if len(domains) <= 1 {
-		return len(domains)
+// normalizeAll normalises domains, dropping duplicates; the problems of
+// the invalid ones (each distinct one counted once) come apart.
+func normalizeAll(in []string) ([]string, Problems) {
+	var (
+		out  []string
+		bad  Problems
+		seen = make(map[string]bool, len(in))
+	)
+	for i, d := range in {
+		n, err := NormalizeDomain(d)
+		if err != nil {
+			n = "\x00" + strings.ToLower(d) // its own entry, never a valid domain
+		}
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		if err != nil {
+			bad.Add(Problem{Code: CodeInvalidDomain, Field: fmt.Sprintf("domains[%d]", i), Value: d, Reason: err.Error()})
+			continue
+		}
+		out = append(out, n)
 	}
-	seen := make(map[string]struct{}, len(domains))
-	for _, d := range domains {
-		seen[strings.ToLower(strings.TrimSuffix(d, "."))] = struct{}{}
-	}
-	return len(seen)
+	return out, bad
 }
 
 // NewJumpDomainTask builds the asynq task for a validated change. Options

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/ticket"
@@ -106,6 +107,10 @@ type Decision struct {
 	// what else ends it.
 	Resume ResumeAt
 	Pause  pause.Kind
+	// Ticket, for the pauses about a ticket, is when the ticket that was
+	// refused was received (zero: none was stored): a pause is not started
+	// if another ticket was stored since.
+	Ticket *time.Time
 	// Reason is a plain-words explanation for the task record.
 	Reason string
 	// APIErr is set when WeChat answered with an errcode.
@@ -165,7 +170,7 @@ func (p Policy) classifyAPI(e *wechat.APIError) Decision {
 func (p Policy) classifyTokenFetch(e *token.FetchError) Decision {
 	var apiErr *wechat.APIError
 	if errors.Is(e, ticket.ErrNoTicket) {
-		return Decision{Kind: KindPause, Pause: pause.KindNoTicket, Reason: fmt.Sprintf("no component_verify_ticket stored for platform %s: WeChat pushes one every 10 minutes to the authorization-event URL, or store one with `wxdomain ticket set %s TICKET`", e.AppID, e.AppID)}
+		return Decision{Kind: KindPause, Pause: pause.KindNoTicket, Ticket: &time.Time{}, Reason: fmt.Sprintf("no component_verify_ticket stored for platform %s: WeChat pushes one every 10 minutes to the authorization-event URL, or store one with `wxdomain ticket set %s TICKET`", e.AppID, e.AppID)}
 	}
 	if !errors.As(e, &apiErr) {
 		return Decision{Kind: KindRetry, Reason: e.Error()}
@@ -179,7 +184,7 @@ func (p Policy) classifyTokenFetch(e *token.FetchError) Decision {
 	case slices.Contains(p.MinuteCodes, code):
 		d.Resume, d.Pause = ResumeNextMinute, pause.KindMinuteLimit
 	case slices.Contains(p.TicketCodes, code):
-		d.Pause = pause.KindTicketRefused
+		d.Pause, d.Ticket = pause.KindTicketRefused, &e.TicketReceivedAt
 	case slices.Contains(p.IPCodes, code):
 		d.Pause = pause.KindIPNotWhitelisted
 	case slices.Contains(p.CredentialCodes, code):

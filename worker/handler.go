@@ -159,9 +159,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	if err != nil {
 		h.log.Error("dropping a malformed task", zap.String("task_id", id), zap.Error(err))
-		bad := tasks.JumpDomainChange{Platform: change.Platform, Action: change.Action}
+		bad := tasks.JumpDomainChange{Platform: change.Platform, Action: change.Action, RolloutID: change.RolloutID}
 		if !tasks.ValidAppID(bad.Platform) {
 			bad.Platform = ""
+		}
+		if !tasks.ValidRolloutID(bad.RolloutID) || bad.Platform == "" {
+			bad.RolloutID = "" // only a well-formed rollout platform is moved to failed
 		}
 		_, rerr := h.updateOrCreate(ctx, id, queue, bad, func(r *tasks.Record) error {
 			r.Status, r.Error = tasks.StatusFailed, "the task's payload is not a valid change: "+err.Error()
@@ -565,7 +568,19 @@ func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decisi
 	if d.APIErr != nil {
 		p.ErrCode = d.APIErr.Code
 	}
-	started, err := h.pauses.Set(ctx, rec.Platform, p)
+	var started bool
+	var err error
+	if d.Ticket != nil {
+		started, err = h.pauses.SetForTicket(ctx, rec.Platform, p, *d.Ticket)
+	} else {
+		started, err = h.pauses.Set(ctx, rec.Platform, p)
+	}
+	if errors.Is(err, pause.ErrTicketChanged) {
+		// The refusal was about a ticket replaced meanwhile: try the new one.
+		return h.deferTask(ctx, rec.TaskID, rec.Queue, rec.Change(), deferral{
+			until: now.Add(time.Second), reason: "a new component_verify_ticket arrived; trying it", undoAttempt: true,
+		})
+	}
 	if err != nil {
 		return err
 	}

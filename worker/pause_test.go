@@ -134,3 +134,43 @@ func TestOperatorNeededDefersWithoutUsingAttempts(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusalOfAReplacedTicketDoesNotPause: WeChat refuses a ticket while a
+// newer one is being stored; the refusal was about the old ticket, so the
+// platform is not paused and the change tries the new ticket at once.
+func TestRefusalOfAReplacedTicketDoesNotPause(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, redistest.Real, setupOpts{maxAttempts: 3})
+	b.sandbox.SetFaults(appB, wechattest.Faults{TokenErrCode: 61006, Latency: 700 * time.Millisecond})
+	rec, err := b.client.Enqueue(ctx, tasks.JumpDomainChange{Platform: appB, Action: tasks.ActionGet}, tasks.EnqueueOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		for _, c := range b.sandbox.Calls() {
+			if c.API == "api_component_token" && c.AppID == appB {
+				return true
+			}
+		}
+		r, err := b.client.Get(ctx, rec.TaskID)
+		return err == nil && r.Status == tasks.StatusRunning
+	}, 5*time.Second, 5*time.Millisecond, "the token fetch is under way")
+	// WeChat pushes a new ticket while the old one's refusal is on its way.
+	b.sandbox.SetFaults(appB, wechattest.Faults{})
+	res, err := b.client.SetTicket(ctx, appB, "ticket-new", time.Time{})
+	require.NoError(t, err)
+	require.True(t, res.Stored)
+
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	final, err := b.client.Wait(wctx, rec.TaskID)
+	require.NoError(t, err)
+	assert.Equal(t, tasks.StatusSucceeded, final.Status)
+	assert.Equal(t, 1, final.Attempts, "the refusal of the old ticket used no attempt")
+	_, paused, err := b.pauses.Get(ctx, appB)
+	require.NoError(t, err)
+	assert.False(t, paused)
+	assert.Empty(t, b.logs.FilterMessage("platform paused; its changes wait").All(), "no pause about a ticket already replaced")
+	n, err := b.redis.Client.Exists(ctx, b.redis.Prefix+"token_refusal:"+appB).Result()
+	require.NoError(t, err)
+	assert.Zero(t, n, "the refusal of the old ticket is not remembered")
+}

@@ -332,3 +332,38 @@ func TestFinishedRolloutsExpire(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, n, "the index keeps no dead id")
 }
+
+// TestMalformedRolloutChangeFailsItsPlatform: a rollout change whose
+// payload the worker refuses still moves its platform to failed, so the
+// rollout finishes (and later expires) instead of waiting for ever.
+func TestMalformedRolloutChangeFailsItsPlatform(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	platforms := manyPlatforms(1)
+	b := setup(t, redistest.Real, setupOpts{platforms: platforms, noWorker: true})
+	svc := rollout.New(b.redis.Client, b.client, rollout.Config{
+		Prefix: b.redis.Prefix, Queue: b.redis.Queue, BulkQueue: b.redis.Queue + "_bulk", Platforms: platforms,
+	})
+	t.Cleanup(func() { _ = svc.Close() })
+	r, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.com"}, Platforms: platforms})
+	require.NoError(t, err)
+	inspector := asynq.NewInspectorFromRedisClient(b.redis.Client)
+	t.Cleanup(func() { _ = inspector.Close() })
+	require.NoError(t, inspector.DeleteTask(b.redis.Queue, "fanout_"+r.ID+"_0"))
+	// What a producer with other limits could have queued for the platform.
+	payload := `{"platform":"` + platforms[0] + `","action":"add","domains":["a.com;evil.com"],"rollout_id":"` + r.ID + `"}`
+	producer := asynq.NewClientFromRedisClient(b.redis.Client)
+	t.Cleanup(func() { _ = producer.Close() })
+	_, err = producer.Enqueue(asynq.NewTask(tasks.TypeJumpDomain, []byte(payload)), asynq.Queue(b.redis.Queue+"_bulk"), asynq.TaskID(rollout.TaskID(r.ID, 0, platforms[0])))
+	require.NoError(t, err)
+	b.opts.handlers = map[string]asynq.Handler{rollout.TypeFanout: svc}
+	b.startWorker(t)
+
+	r = waitRollout(t, svc, r.ID)
+	assert.Equal(t, rollout.Counts{Failed: 1}, r.Counts)
+	failed, _, err := svc.Tasks(ctx, r.ID, tasks.StatusFailed, "", 10)
+	require.NoError(t, err)
+	require.Len(t, failed, 1)
+	assert.Contains(t, failed[0].Error, "not a valid change")
+	assert.Zero(t, modifyCalls(b.sandbox))
+}

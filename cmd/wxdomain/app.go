@@ -471,7 +471,7 @@ func parseTicketTime(s string) (time.Time, error) {
 		}
 		t = time.Unix(sec, 0)
 	}
-	if t.After(time.Now().Add(5 * time.Minute)) {
+	if tasks.CheckTicketTime(t) != nil {
 		return time.Time{}, errors.New("is in the future; give WeChat's CreateTime in seconds")
 	}
 	return t, nil

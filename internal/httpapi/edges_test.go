@@ -120,6 +120,10 @@ func TestErrorAnswersStaySmall(t *testing.T) {
 			for _, p := range body.Error.Details {
 				assert.LessOrEqual(t, len(p.Value), 64+len("…"))
 			}
+			for _, x := range []string{"x", "h", "f", "n", `\u0001`} {
+				assert.NotContains(t, string(raw), strings.Repeat(x, 65), "no value is echoed beyond 64 bytes")
+			}
+			assert.LessOrEqual(t, len(body.Error.Message), 2<<10+len("… (cut short)"))
 		})
 	}
 

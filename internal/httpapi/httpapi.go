@@ -145,7 +145,7 @@ func New(cfg Config) http.Handler {
 		mux.Handle("GET /monitoring", http.RedirectHandler("/monitoring/", http.StatusMovedPermanently))
 	}
 	mux.Handle("/v1/", a.auth(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such route: "+r.Method+" "+r.URL.Path, nil)
+		writeError(w, http.StatusNotFound, "not_found", "no such route: "+tasks.Truncate(r.Method)+" "+tasks.Truncate(r.URL.Path), nil)
 	}))
 	return sameOrigin(mux, cfg.TrustedOrigins)
 }
@@ -309,8 +309,9 @@ func (a *api) decodeBody(w http.ResponseWriter, r *http.Request, decode func(io.
 		return true
 	case errors.As(err, &tooLarge):
 		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("request body is larger than %d bytes", a.cfg.MaxBody), nil)
-	case strings.Contains(err.Error(), "unknown field"):
-		writeError(w, http.StatusBadRequest, "unknown_field", err.Error(), nil)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		writeError(w, http.StatusBadRequest, "unknown_field", fmt.Sprintf("unknown field %q", tasks.Truncate(name)), nil)
 	default:
 		writeError(w, http.StatusBadRequest, "malformed_json", "request body is not the expected JSON: "+err.Error(), nil)
 	}
@@ -445,8 +446,12 @@ func (a *api) putTicket(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	res, err := a.cfg.Client.SetTicket(r.Context(), appid, strings.TrimSpace(body.Ticket), created)
-	if errors.Is(err, tasks.ErrInvalidTicket) {
+	switch {
+	case errors.Is(err, tasks.ErrInvalidTicket):
 		writeError(w, http.StatusUnprocessableEntity, "invalid_ticket", err.Error(), nil)
+		return
+	case errors.Is(err, tasks.ErrInvalidTicketTime):
+		writeError(w, http.StatusUnprocessableEntity, "invalid_create_time", err.Error(), nil)
 		return
 	}
 	if err != nil {
@@ -463,7 +468,7 @@ func (a *api) putTicket(w http.ResponseWriter, r *http.Request) {
 // future would make every later push look old, so it is refused.
 func (a *api) ticketTime(sec int64) (time.Time, error) {
 	t := time.Unix(sec, 0)
-	if sec <= 0 || t.After(time.Now().Add(a.cfg.PushMaxSkew)) {
+	if sec <= 0 || tasks.CheckTicketTime(t) != nil {
 		return time.Time{}, fmt.Errorf("%d is not a time in Unix seconds up to now (WeChat's CreateTime)", sec)
 	}
 	return t, nil

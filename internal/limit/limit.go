@@ -95,9 +95,10 @@ func (l *Limiter) tatKey(appid string) string    { return l.prefix + "limit:" + 
 func (l *Limiter) factorKey(appid string) string { return l.prefix + "limit_factor:" + appid }
 func (l *Limiter) windowKey(appid string) string { return l.prefix + "limit_busy:" + appid }
 
-// The global lane lives outside the "limit:" namespace of appids, so that
-// no appid can name it.
-func (l *Limiter) globalKey() string { return l.prefix + "limit_global" }
+// No appid can name the global lane: appids are "wx" and 16 hex digits
+// wherever they come in (tasks.ValidAppID). The key keeps its name, so that
+// workers of different versions share one global limit during an upgrade.
+func (l *Limiter) globalKey() string { return l.prefix + "limit:_global" }
 
 // reserveScript: KEYS platform TAT, global TAT, platform factor.
 // ARGV platform interval µs, platform burst, global interval µs, global

@@ -86,6 +86,41 @@ func (s *Store) Set(ctx context.Context, appid string, p Pause) (bool, error) {
 	return ok, nil
 }
 
+// setIfTicket: KEYS pause, ticket; ARGV pause, TTL ms, the received_at of
+// the ticket the pause is about ("" for none). Returns -1 when another
+// ticket is stored now, 1 when this call paused, 0 when a pause was in force.
+var setIfTicket = redis.NewScript(`
+if (redis.call('HGET', KEYS[2], 'received_at') or '') ~= ARGV[3] then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0`)
+
+// ErrTicketChanged is returned by SetForTicket when the ticket a pause was
+// about is no longer the stored one: the new ticket deserves a try.
+var ErrTicketChanged = errors.New("a new component_verify_ticket was stored meanwhile")
+
+// SetForTicket is Set for a pause about a ticket (none stored, or one
+// refused): it pauses only if that ticket, received at receivedAt (zero:
+// none), is still the stored one, so that a refusal of an old ticket
+// arriving after a new one cannot pause the platform.
+func (s *Store) SetForTicket(ctx context.Context, appid string, p Pause, receivedAt time.Time) (bool, error) {
+	ttl := p.Until.Sub(s.now())
+	if ttl <= 0 {
+		return false, nil
+	}
+	stamp := ""
+	if !receivedAt.IsZero() {
+		stamp = strconv.FormatInt(receivedAt.UnixMilli(), 10)
+	}
+	n, err := setIfTicket.Run(ctx, s.rdb, []string{s.key(appid), s.prefix + "ticket:" + appid}, format(p), ttl.Milliseconds(), stamp).Int()
+	if err != nil {
+		return false, fmt.Errorf("pause platform %s: %w", appid, err)
+	}
+	if n < 0 {
+		return false, ErrTicketChanged
+	}
+	return n == 1, nil
+}
+
 // Get returns the platform's pause, if one is in force.
 func (s *Store) Get(ctx context.Context, appid string) (Pause, bool, error) {
 	p, _, ok, err := s.get(ctx, appid)
@@ -112,36 +147,39 @@ func (s *Store) get(ctx context.Context, appid string) (Pause, string, bool, err
 }
 
 // A hash cannot be written with NX in one command, so a pause is one
-// string: "v2|until_ms|errcode|kind|reason".
+// string: "until_ms|errcode|kind|reason". Versions before kinds read it as
+// "until_ms|errcode|reason", the kind then being part of the reason.
 func format(p Pause) string {
-	return "v2|" + strconv.FormatInt(p.Until.UnixMilli(), 10) + "|" + strconv.Itoa(p.ErrCode) + "|" + string(p.Kind) + "|" + p.Reason
+	return strconv.FormatInt(p.Until.UnixMilli(), 10) + "|" + strconv.Itoa(p.ErrCode) + "|" + string(p.Kind) + "|" + p.Reason
 }
 
 func parse(v string) (Pause, error) {
-	var p Pause
-	parts := strings.SplitN(v, "|", 5)
-	if len(parts) == 5 && parts[0] == "v2" {
-		p.Kind, p.Reason = Kind(parts[3]), parts[4]
-		parts = parts[1:3]
-	} else {
-		// Written before pauses had kinds: "until_ms|errcode|reason".
-		parts = strings.SplitN(v, "|", 3)
-		if len(parts) != 3 {
-			return Pause{}, fmt.Errorf("malformed pause %q", v)
-		}
-		p.Reason = parts[2]
+	parts := strings.SplitN(v, "|", 4)
+	if len(parts) < 3 {
+		return Pause{}, fmt.Errorf("malformed pause %q", v)
 	}
 	ms, err := strconv.ParseInt(parts[0], 10, 64)
 	if err != nil {
 		return Pause{}, fmt.Errorf("malformed pause %q", v)
 	}
-	p.Until = time.UnixMilli(ms)
+	p := Pause{Until: time.UnixMilli(ms)}
 	p.ErrCode, _ = strconv.Atoi(parts[1])
-	if p.Kind == "" {
-		p.Kind = kindOfCode(p.ErrCode)
+	if len(parts) == 4 && known(Kind(parts[2])) {
+		p.Kind, p.Reason = Kind(parts[2]), parts[3]
+	} else {
+		// Written before pauses had kinds: the rest is the reason.
+		p.Kind, p.Reason = kindOfCode(p.ErrCode), strings.Join(parts[2:], "|")
 	}
 	p.EndsWithTicket = p.Kind.EndsWithTicket()
 	return p, nil
+}
+
+func known(k Kind) bool {
+	switch k {
+	case KindNoTicket, KindTicketRefused, KindIPNotWhitelisted, KindCredentialsRefused, KindTokenRefused, KindMinuteLimit, KindDailyQuota:
+		return true
+	}
+	return false
 }
 
 // kindOfCode is the kind of a pause written before pauses had kinds.

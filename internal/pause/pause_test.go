@@ -29,6 +29,7 @@ func TestPausesWrittenBeforeKindsKeepWorking(t *testing.T) {
 		{give: "45009|quota", want: KindDailyQuota},
 		{give: "45011|minute", want: KindMinuteLimit},
 		{give: "40125|secret", want: KindTokenRefused},
+		{give: "61004|WeChat said: a|b|c", want: KindIPNotWhitelisted},
 	}
 	for _, tt := range tests {
 		rb := redistest.Mini(t)

@@ -11,9 +11,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -109,9 +109,10 @@ type Config struct {
 // DefaultTTL keeps a finished rollout for 30 days.
 const DefaultTTL = 30 * 24 * time.Hour
 
-// fanoutMaxRetry bounds the fan-out's retries of Redis trouble; after the
-// last, the rollout fails with the reason instead of retrying for ever.
-const fanoutMaxRetry = 10
+// fanoutGiveUp bounds the fan-out's retries of Redis trouble (or of its
+// own timeout); after them the rollout fails with the reason instead of
+// fanning out for ever.
+const fanoutGiveUp = 10
 
 // Service manages rollouts.
 type Service struct {
@@ -121,6 +122,8 @@ type Service struct {
 	cfg     Config
 	now     func() time.Time
 	fanning func(id string, attempt, done, total int) // test hook
+	// sweepFrom is where the next sweep of the index starts.
+	sweepFrom atomic.Int64
 }
 
 // New returns the rollout service over a tasks client on the same Redis.
@@ -233,6 +236,9 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 			p.HSet(ctx, s.stateKey(r.ID), fields)
 		}
 		p.HSet(ctx, s.countsKey(r.ID), string(tasks.StatusQueued), r.Total)
+		// The cursor exists from the start, so that the rollout's expiry
+		// covers it (it is later written with KEEPTTL).
+		p.Set(ctx, s.cursorKey(r.ID, 0), 0, 0)
 		p.ZAdd(ctx, s.indexKey(), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.ID})
 		return nil
 	})
@@ -250,12 +256,21 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 // sweep drops from the index the rollouts that expired. Only a rollout
 // created more than TTL ago can have, so only those are looked at.
 func (s *Service) sweep(ctx context.Context) {
+	// Rollouts still running past the TTL stay in the index; the sweep
+	// moves on past them, and starts over once it reached the end.
+	const batch = 200
+	offset := s.sweepFrom.Load()
 	old, err := s.rdb.ZRangeByScore(ctx, s.indexKey(), &redis.ZRangeBy{
-		Min: "-inf", Max: strconv.FormatInt(s.now().Add(-s.cfg.TTL).UnixMilli(), 10), Count: 200,
+		Min: "-inf", Max: strconv.FormatInt(s.now().Add(-s.cfg.TTL).UnixMilli(), 10), Offset: offset, Count: batch,
 	}).Result()
-	if err != nil || len(old) == 0 {
+	if err != nil {
 		return // the next sweep tries again
 	}
+	defer func() {
+		if len(old) < batch {
+			s.sweepFrom.Store(0)
+		}
+	}()
 	exists := make([]*redis.IntCmd, len(old))
 	_, _ = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, id := range old {
@@ -272,6 +287,7 @@ func (s *Service) sweep(ctx context.Context) {
 	if len(gone) > 0 {
 		_ = s.rdb.ZRem(ctx, s.indexKey(), gone...).Err()
 	}
+	s.sweepFrom.Add(int64(len(old) - len(gone)))
 }
 
 type fanoutPayload struct {
@@ -282,7 +298,7 @@ type fanoutPayload struct {
 func (s *Service) queueFanout(ctx context.Context, id string, attempt int) error {
 	b, _ := json.Marshal(fanoutPayload{RolloutID: id, Attempt: attempt})
 	t := asynq.NewTask(TypeFanout, b, asynq.Queue(s.cfg.Queue), asynq.TaskID("fanout_"+id+"_"+strconv.Itoa(attempt)),
-		asynq.MaxRetry(fanoutMaxRetry), asynq.Timeout(30*time.Minute))
+		asynq.MaxRetry(1000), asynq.Timeout(30*time.Minute))
 	if _, err := s.asynq.EnqueueContext(ctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 		return fmt.Errorf("queue the fan-out of rollout %s: %w", id, err)
 	}
@@ -301,12 +317,12 @@ func (s *Service) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("decode fan-out: %v: %w", err, asynq.SkipRetry)
 	}
 	err := s.fanOut(ctx, p)
-	if err == nil || errors.Is(err, asynq.SkipRetry) || ctx.Err() != nil {
-		return err
+	if err == nil || errors.Is(err, asynq.SkipRetry) || errors.Is(ctx.Err(), context.Canceled) {
+		return err // done, or shutting down: asynq runs it again
 	}
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, ok := asynq.GetMaxRetry(ctx)
-	if ok && retried >= maxRetry {
+	// Our own bound, far below asynq's: if recording the failure fails
+	// too, asynq still runs the task again and the failure is retried.
+	if retried, _ := asynq.GetRetryCount(ctx); retried >= fanoutGiveUp {
 		why := fmt.Sprintf("the fan-out gave up after %d tries: %v", retried+1, err)
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
@@ -603,54 +619,23 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Rollout, error) {
 }
 
 // Retry re-enqueues only the failed and canceled platforms, as a new
-// attempt of the same rollout.
+// attempt of the same rollout. Retrying a rollout still fanning out resumes
+// its fan-out.
 func (s *Service) Retry(ctx context.Context, id string) (*Rollout, error) {
 	if !tasks.ValidRolloutID(id) {
 		return nil, fmt.Errorf("%w: %q is not a rollout id", ErrNotFound, tasks.Truncate(id))
 	}
-	r, err := s.Get(ctx, id)
-	if err != nil {
+	n, attempt, err := tasks.RetryRollout(ctx, s.rdb, s.cfg.Prefix, id)
+	switch {
+	case err != nil:
 		return nil, err
+	case n == tasks.RetryNoSuch:
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	case n == tasks.RetryNothing:
+		return s.Get(ctx, id)
 	}
-	state, err := s.rdb.HGetAll(ctx, s.stateKey(id)).Result()
-	if err != nil {
-		return nil, err
-	}
-	var again []string
-	for appid, st := range state {
-		if st == string(tasks.StatusFailed) || st == string(tasks.StatusCanceled) {
-			again = append(again, appid)
-		}
-	}
-	if len(again) == 0 {
-		return r, nil
-	}
-	slices.Sort(again)
-	attempt := r.Attempt + 1
-	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		for _, chunk := range chunks(again, 1000) {
-			args := make([]any, len(chunk))
-			for i, a := range chunk {
-				args[i] = a
-			}
-			p.RPush(ctx, s.listKey(id, attempt), args...)
-		}
-		p.HSet(ctx, s.key(id), "attempt", attempt, "status", StatusFanningOut)
-		p.HDel(ctx, s.key(id), "finished_at", "error")
-		// Running again: it no longer expires.
-		for _, k := range tasks.RolloutKeys(s.cfg.Prefix, id, attempt) {
-			p.Persist(ctx, k)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	for _, appid := range again {
-		if err := tasks.ResetRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, id, appid); err != nil {
-			return nil, err
-		}
-	}
+	// A new attempt, or one whose fan-out was never queued (a retry cut
+	// short): queueing it again is harmless, its task id is fixed.
 	if err := s.queueFanout(ctx, id, attempt); err != nil {
 		return nil, err
 	}

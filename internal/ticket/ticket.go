@@ -43,14 +43,18 @@ func (t *Store) key(appid string) string { return t.prefix + "ticket:" + appid }
 // setScript stores a ticket unless the stored one was created later (or
 // at the same second): KEYS ticket, refusal; ARGV ticket, received ms,
 // created s, "1" if created is a time WeChat gave. It returns {stored 0|1,
-// created s of the ticket in force}.
+// created s of the ticket in force, 1 if that ticket is this one}.
 var setScript = redis.NewScript(`
 local cur = tonumber(redis.call('HGET', KEYS[1], 'created_at') or '0')
 local created = tonumber(ARGV[3])
-if ARGV[4] == '1' and cur >= created then return {0, cur} end
+if ARGV[4] == '1' and cur >= created then
+  local same = 0
+  if redis.call('HGET', KEYS[1], 'ticket') == ARGV[1] then same = 1 end
+  return {0, cur, same}
+end
 redis.call('HSET', KEYS[1], 'ticket', ARGV[1], 'received_at', ARGV[2], 'created_at', ARGV[3])
 redis.call('DEL', KEYS[2])
-return {1, created}`)
+return {1, created, 1}`)
 
 // Set stores a platform's ticket, replacing whatever is stored (an
 // operator's ticket, given without a time).
@@ -65,8 +69,29 @@ func (t *Store) Set(ctx context.Context, appid, ticket string) error {
 // ticket. inForce is the creation time of the ticket now stored. A zero
 // created means now, and always stores.
 func (t *Store) SetAt(ctx context.Context, appid, ticket string, created time.Time) (stored bool, inForce time.Time, err error) {
+	r, err := t.set(ctx, appid, ticket, created)
+	return r.Stored, r.InForce, err
+}
+
+// SetResult is what storing a ticket found.
+type SetResult struct {
+	// Stored: this ticket replaced the stored one.
+	Stored bool
+	// InForce is the creation time of the ticket now stored.
+	InForce time.Time
+	// Same: the ticket now stored is this one (stored now, or earlier by
+	// the same push).
+	Same bool
+}
+
+// SetWithResult is SetAt, also saying whether the ticket in force is this one.
+func (t *Store) SetWithResult(ctx context.Context, appid, ticket string, created time.Time) (SetResult, error) {
+	return t.set(ctx, appid, ticket, created)
+}
+
+func (t *Store) set(ctx context.Context, appid, ticket string, created time.Time) (SetResult, error) {
 	if ticket == "" {
-		return false, time.Time{}, errors.New("ticket is empty")
+		return SetResult{}, errors.New("ticket is empty")
 	}
 	now := t.now()
 	timed := "1"
@@ -77,9 +102,9 @@ func (t *Store) SetAt(ctx context.Context, appid, ticket string, created time.Ti
 	res, err := setScript.Run(ctx, t.rdb, []string{t.key(appid), t.prefix + "token_refusal:" + appid},
 		ticket, now.UnixMilli(), created.Unix(), timed).Int64Slice()
 	if err != nil {
-		return false, time.Time{}, fmt.Errorf("store ticket of %s: %w", appid, err)
+		return SetResult{}, fmt.Errorf("store ticket of %s: %w", appid, err)
 	}
-	return res[0] == 1, time.Unix(res[1], 0), nil
+	return SetResult{Stored: res[0] == 1, InForce: time.Unix(res[1], 0), Same: res[2] == 1}, nil
 }
 
 // Get returns a platform's ticket, or ErrNoTicket.

@@ -32,6 +32,9 @@ type Fetcher interface {
 type FetchError struct {
 	AppID string
 	Err   error
+	// TicketReceivedAt names the ticket the fetch used (zero: none was
+	// stored), so that a refusal is not held against a newer ticket.
+	TicketReceivedAt time.Time
 }
 
 func (e *FetchError) Error() string {
@@ -106,6 +109,16 @@ const refusalMemory = 30 * time.Second
 // RefusalKey remembers the token API's last refusal for a platform; storing
 // a new ticket deletes it.
 func RefusalKey(prefix, appid string) string { return prefix + "token_refusal:" + appid }
+
+// ticketKey is ticket.Store's key of a platform's ticket.
+func ticketKey(prefix, appid string) string { return prefix + "ticket:" + appid }
+
+// rememberRefusal: KEYS ticket, refusal; ARGV the refused ticket's
+// received_at ms, the refusal, its lifetime ms.
+var rememberRefusal = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'received_at') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1`)
 
 // chinaTime is UTC+8, where WeChat's days (and quotas) start.
 var chinaTime = time.FixedZone("UTC+8", 8*3600)
@@ -337,14 +350,17 @@ func (s *Source) fetch(ctx context.Context, appid string) (entry, error) {
 	if v, err := s.rdb.Get(ctx, RefusalKey(s.cfg.Prefix, appid)).Result(); err == nil {
 		if code, msg, ok := strings.Cut(v, "|"); ok {
 			n, _ := strconv.Atoi(code)
-			return entry{}, &FetchError{AppID: appid, Err: &wechat.APIError{Code: n, Msg: msg}}
+			return entry{}, &FetchError{AppID: appid, Err: &wechat.APIError{Code: n, Msg: msg}, TicketReceivedAt: ticket.ReceivedAt}
 		}
 	}
 	started := s.now()
 	ct, err := s.fetcher.FetchComponentToken(ctx, appid, secret, ticket.Value)
 	var refused *wechat.APIError
 	if errors.As(err, &refused) {
-		_ = s.rdb.Set(ctx, RefusalKey(s.cfg.Prefix, appid), strconv.Itoa(refused.Code)+"|"+refused.Msg, refusalMemory).Err()
+		// Remembered only while the refused ticket is still the stored one:
+		// a ticket stored meanwhile deserves its own try.
+		_ = rememberRefusal.Run(ctx, s.rdb, []string{ticketKey(s.cfg.Prefix, appid), RefusalKey(s.cfg.Prefix, appid)},
+			ticket.ReceivedAt.UnixMilli(), strconv.Itoa(refused.Code)+"|"+refused.Msg, refusalMemory.Milliseconds()).Err()
 	}
 	// Every call counts against the token API's daily quota, even a refused one.
 	fetches := s.fetchesKey(appid, started)
@@ -354,7 +370,7 @@ func (s *Source) fetch(ctx context.Context, appid string) (entry, error) {
 		return nil
 	})
 	if err != nil {
-		return entry{}, &FetchError{AppID: appid, Err: err}
+		return entry{}, &FetchError{AppID: appid, Err: err, TicketReceivedAt: ticket.ReceivedAt}
 	}
 	if cerr != nil {
 		s.log.Warn("could not count a token fetch", zap.String("platform", appid), zap.Error(cerr))

@@ -1,0 +1,80 @@
+package rollout_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wxdomain/wxdomain/internal/redistest"
+	"github.com/wxdomain/wxdomain/internal/rollout"
+	"github.com/wxdomain/wxdomain/tasks"
+)
+
+var platforms = []string{"wx00000000000000a1", "wx00000000000000a2", "wx00000000000000a3"}
+
+func setup(t *testing.T) (redistest.Bundle, *rollout.Service) {
+	t.Helper()
+	rb := redistest.Mini(t)
+	client := tasks.NewClient(rb.Client, tasks.ClientConfig{Prefix: rb.Prefix, Queue: rb.Queue})
+	t.Cleanup(func() { _ = client.Close() })
+	svc := rollout.New(rb.Client, client, rollout.Config{
+		Prefix: rb.Prefix, Queue: rb.Queue, BulkQueue: rb.Queue + "_bulk", Platforms: platforms, TTL: time.Hour,
+	})
+	t.Cleanup(func() { _ = svc.Close() })
+	return rb, svc
+}
+
+// TestCanceledBeforeFanoutExpiresWhole: a rollout canceled before its
+// fan-out ran expires with every key, its fan-out cursor included.
+func TestCanceledBeforeFanoutExpiresWhole(t *testing.T) {
+	t.Parallel()
+	rb, svc := setup(t)
+	ctx := context.Background()
+	r, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.com"}, Platforms: platforms})
+	require.NoError(t, err)
+	r, err = svc.Cancel(ctx, r.ID)
+	require.NoError(t, err)
+	require.NotNil(t, r.FinishedAt)
+	assert.Equal(t, rollout.Counts{Canceled: 3}, r.Counts)
+	rb.Mini.FastForward(time.Hour + time.Second)
+	keys, err := rb.Client.Keys(ctx, rb.Prefix+"rollout:*").Result()
+	require.NoError(t, err)
+	assert.Empty(t, keys, "every key of the rollout expired")
+}
+
+// TestRetryResumesOneCutShort: a retry whose fan-out task was never queued
+// (Redis failed between the two steps) is resumed by retrying again.
+func TestRetryResumesOneCutShort(t *testing.T) {
+	t.Parallel()
+	rb, svc := setup(t)
+	ctx := context.Background()
+	r, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.com"}, Platforms: platforms})
+	require.NoError(t, err)
+	_, err = svc.Cancel(ctx, r.ID)
+	require.NoError(t, err)
+
+	// The first step of a retry, then nothing: its fan-out is not queued.
+	n, attempt, err := tasks.RetryRollout(ctx, rb.Client, rb.Prefix, r.ID)
+	require.NoError(t, err)
+	require.Equal(t, tasks.RetryOutcome(3), n)
+	require.Equal(t, 1, attempt)
+	inspector := asynq.NewInspectorFromRedisClient(rb.Client)
+	t.Cleanup(func() { _ = inspector.Close() })
+	_, err = inspector.GetTaskInfo(rb.Queue, "fanout_"+r.ID+"_1")
+	require.Error(t, err)
+
+	got, err := svc.Retry(ctx, r.ID)
+	require.NoError(t, err)
+	assert.Equal(t, 1, got.Attempt, "resumed, not a third attempt")
+	assert.Equal(t, rollout.StatusFanningOut, got.Status)
+	assert.Equal(t, rollout.Counts{Queued: 3}, got.Counts)
+	_, err = inspector.GetTaskInfo(rb.Queue, "fanout_"+r.ID+"_1")
+	assert.NoError(t, err, "the fan-out of attempt 1 is queued now")
+	list, err := rb.Client.LRange(ctx, tasks.RolloutListKey(rb.Prefix, r.ID, 1), 0, -1).Result()
+	require.NoError(t, err)
+	assert.Equal(t, platforms, list, "each platform once")
+}

@@ -107,6 +107,7 @@ func TestErrorAnswersStaySmall(t *testing.T) {
 			raw, err := io.ReadAll(resp.Body)
 			require.NoError(t, err)
 			assert.LessOrEqual(t, len(raw), 16<<10, "answer of %d bytes", len(raw))
+			t.Logf("%d-byte request, %d-byte answer", len(tt.body), len(raw))
 			var body struct {
 				Error struct {
 					Code    string          `json:"code"`

@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/ticket"
 )
@@ -342,7 +343,11 @@ func (c *Client) Cancel(ctx context.Context, taskID string) (*Record, error) {
 	case err == nil, errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
 		// Gone from the queue (or never reached it): nothing will run it.
 		// If a worker picked it up meanwhile, it sees the canceled record
-		// and stops before calling WeChat.
+		// and stops before calling WeChat. The call slot it may hold goes
+		// to the changes after it.
+		if err := c.release(ctx, rec); err != nil {
+			return nil, err
+		}
 		return c.markCanceled(ctx, taskID, "canceled before it ran")
 	}
 	// Running: ask the worker to stop. It records canceled when the
@@ -365,6 +370,9 @@ func (c *Client) Cancel(ctx context.Context, taskID string) (*Record, error) {
 			return rec, err
 		}
 		if rec.Status != StatusRunning && c.inspect.DeleteTask(rec.Queue, taskID) == nil {
+			if err := c.release(ctx, rec); err != nil {
+				return nil, err
+			}
 			return c.markCanceled(ctx, taskID, "canceled between attempts")
 		}
 		if time.Now().After(deadline) {
@@ -376,6 +384,14 @@ func (c *Client) Cancel(ctx context.Context, taskID string) (*Record, error) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// release gives back the call slot a canceled change held.
+func (c *Client) release(ctx context.Context, rec *Record) error {
+	if !ValidAppID(rec.Platform) {
+		return nil
+	}
+	return limit.Release(ctx, c.rdb, c.cfg.Prefix, rec.Platform, rec.TaskID)
 }
 
 func (c *Client) markCanceled(ctx context.Context, taskID, why string) (*Record, error) {

@@ -172,12 +172,18 @@ func RetryRollout(ctx context.Context, rdb redis.UniversalClient, prefix, id str
 
 // RolloutStatus reads a rollout's status ("" if unknown).
 func (s *Store) RolloutStatus(ctx context.Context, id string) (string, error) {
-	st, err := s.rdb.HGet(ctx, RolloutKey(s.prefix, id), "status").Result()
-	if err == redis.Nil {
-		return "", nil
-	}
+	st, _, err := s.RolloutState(ctx, id)
+	return st, err
+}
+
+// RolloutState reads a rollout's status ("" if unknown) and current attempt.
+func (s *Store) RolloutState(ctx context.Context, id string) (string, int, error) {
+	v, err := s.rdb.HMGet(ctx, RolloutKey(s.prefix, id), "status", "attempt").Result()
 	if err != nil {
-		return "", fmt.Errorf("read rollout %s: %w", id, err)
+		return "", 0, fmt.Errorf("read rollout %s: %w", id, err)
 	}
-	return st, nil
+	st, _ := v[0].(string)
+	a, _ := v[1].(string)
+	attempt, _ := strconv.Atoi(a)
+	return st, attempt, nil
 }

@@ -29,6 +29,10 @@ const (
 	// KindPause: the platform needs an operator; its changes wait, without
 	// using attempts, for the configured period or until a new ticket.
 	KindPause
+	// KindWait: capacity is short for a moment (no call slot for a next
+	// call, the token API busy); the change comes back after Decision.Wait
+	// without using an attempt.
+	KindWait
 )
 
 func (k Kind) String() string {
@@ -43,6 +47,8 @@ func (k Kind) String() string {
 		return "canceled"
 	case KindPause:
 		return "pause"
+	case KindWait:
+		return "wait"
 	}
 	return fmt.Sprintf("Kind(%d)", int(k))
 }
@@ -107,6 +113,8 @@ type Decision struct {
 	// what else ends it.
 	Resume ResumeAt
 	Pause  pause.Kind
+	// Wait is set for KindWait.
+	Wait time.Duration
 	// Ticket, for the pauses about a ticket, is when the ticket that was
 	// refused was received (zero: none was stored): a pause is not started
 	// if another ticket was stored since.
@@ -123,10 +131,17 @@ func (p Policy) Classify(err error) Decision {
 		apiErr   *wechat.APIError
 		fetchErr *token.FetchError
 		tErr     *wechat.TransportError
+		busy     *token.BusyError
+		slot     *SlotError
 	)
 	switch {
 	case err == nil:
 		return Decision{}
+	case errors.As(err, &busy):
+		// Before the transport case: an unreachable token API is one too.
+		return Decision{Kind: KindWait, Wait: busy.RetryIn, Reason: "WeChat could not issue a component token now: " + busy.Error()}
+	case errors.As(err, &slot):
+		return Decision{Kind: KindWait, Wait: slot.Wait, Reason: slot.Error()}
 	case errors.As(err, &tErr):
 		// Before the context check: the HTTP client's own timeout also
 		// wraps context.DeadlineExceeded, and it is WeChat being slow.

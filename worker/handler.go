@@ -58,6 +58,9 @@ type Config struct {
 	// MaxDomains is the platform's domain limit ensure mode plans against;
 	// default 200.
 	MaxDomains int
+	// BulkQueue is the queue of bulk work: under the global limit, it
+	// never takes a slot a single change could have had.
+	BulkQueue string
 }
 
 // RetryError asks asynq to run the task again after Delay (read by
@@ -177,26 +180,15 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 
 	if change.RolloutID != "" {
-		// A canceled rollout's changes that were queued anyway stop here.
-		st, err := h.store.RolloutStatus(ctx, change.RolloutID)
-		if err != nil {
+		if stop, err := h.rolloutStopped(ctx, id, queue, change); stop || err != nil {
 			return err
-		}
-		if st == "canceled" {
-			_, err := h.updateOrCreate(ctx, id, queue, change, func(r *tasks.Record) error {
-				r.Status, r.Error = tasks.StatusCanceled, "its rollout was canceled"
-				return nil
-			})
-			if err != nil && !errors.Is(err, tasks.ErrFinal) {
-				return err
-			}
-			return nil
 		}
 	}
 	if paused, err := h.checkPause(ctx, id, queue, change); paused || err != nil {
 		return err
 	}
-	waited, err := h.awaitSlot(ctx, id, queue, change)
+	bulk := change.RolloutID != "" || (h.cfg.BulkQueue != "" && queue == h.cfg.BulkQueue)
+	waited, err := h.awaitSlot(ctx, id, queue, change, bulk)
 	if waited < 0 || err != nil {
 		return err
 	}
@@ -214,13 +206,47 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	case err != nil:
 		return err // Redis trouble: asynq retries
 	case rec.Status == tasks.StatusCanceled:
-		return nil
+		return h.release(ctx, id, change.Platform)
 	case rec.Status == tasks.StatusFailed:
-		return fmt.Errorf("%s: %w", rec.Error, asynq.SkipRetry)
+		return errors.Join(h.release(ctx, id, change.Platform), fmt.Errorf("%s: %w", rec.Error, asynq.SkipRetry))
 	}
 
-	res, note, err := h.call(ctx, change)
+	res, note, err := h.call(ctx, id, change)
 	return h.finish(ctx, rec, res, note, err, t.ResultWriter())
+}
+
+// rolloutStopped ends a rollout change that must not run: its rollout was
+// canceled, or retried since (a change of an earlier attempt never runs
+// beside the new attempt's).
+func (h *Handler) rolloutStopped(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (bool, error) {
+	st, current, err := h.store.RolloutState(ctx, change.RolloutID)
+	if err != nil {
+		return false, err
+	}
+	_, attempt, _, ok := tasks.ParseRolloutTaskID(id)
+	switch {
+	case ok && attempt < current:
+		// Recorded outside the rollout: its platform belongs to the new attempt.
+		_, err := h.updateOrCreate(ctx, id, queue, change, func(r *tasks.Record) error {
+			r.Status, r.Error = tasks.StatusCanceled, fmt.Sprintf("superseded: rollout %s was retried (attempt %d)", change.RolloutID, current)
+			r.RolloutID = ""
+			return nil
+		})
+		if err != nil && !errors.Is(err, tasks.ErrFinal) {
+			return true, err
+		}
+		return true, h.release(ctx, id, change.Platform)
+	case st == "canceled":
+		_, err := h.updateOrCreate(ctx, id, queue, change, func(r *tasks.Record) error {
+			r.Status, r.Error = tasks.StatusCanceled, "its rollout was canceled"
+			return nil
+		})
+		if err != nil && !errors.Is(err, tasks.ErrFinal) {
+			return true, err
+		}
+		return true, h.release(ctx, id, change.Platform)
+	}
+	return false, nil
 }
 
 // checkPause defers the change if its platform is paused.
@@ -237,60 +263,119 @@ func (h *Handler) checkPause(ctx context.Context, id, queue string, change tasks
 // with the calls of the slots after it.
 const slotTolerance = 50 * time.Millisecond
 
+// asynqGranularity: asynq schedules a retry to the whole second and its
+// forwarder compares with the current second, so a deferred task can come
+// back up to a second early.
+const asynqGranularity = time.Second
+
+// sleepMax is the longest a task sleeps in the handler for its slot: a
+// deferred task comes back up to asynq's granularity early and must then
+// sleep, not be deferred again (which would poll).
+func (h *Handler) sleepMax() time.Duration { return max(h.cfg.MaxWait, h.cfg.Lead+asynqGranularity) }
+
 // awaitSlot takes the change's call slot from the fleet-wide limiter and
-// returns how long it slept for it. A slot within MaxWait (and Lead) is
-// slept for; a later one stays reserved while the task goes back to asynq until just
-// before it (a negative duration), holding no worker slot and using no
-// attempt. A task keeps its reservation across that deferral, so a long
-// backlog is deferred once per task, not polled.
-func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (time.Duration, error) {
+// returns how long it slept for it. A slot within sleepMax is slept for; a
+// later one stays reserved, under the task's id, while the task goes back
+// to asynq until just before it (a negative duration), holding no worker
+// slot and using no attempt. The task finds its slot again when it comes
+// back, so a long backlog is deferred once per task, not polled.
+func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.JumpDomainChange, bulk bool) (time.Duration, error) {
 	if h.limiter == nil {
 		return 0, nil
 	}
 	rate := h.cfg.Rate(change.Platform)
-	var slot time.Time
-	rec, err := h.store.Get(ctx, id)
-	switch {
-	case err == nil && rec.ReservedSlot != nil && time.Since(*rec.ReservedSlot) <= slotTolerance:
-		slot = *rec.ReservedSlot
-	case err != nil && !errors.Is(err, tasks.ErrTaskNotFound):
+	res, err := h.limiter.Reserve(ctx, limit.Request{
+		Platform: change.Platform, Holder: id, Rate: rate, MaxAhead: h.cfg.MaxDefer,
+		Bulk: bulk, Horizon: h.sleepMax(), Tolerance: slotTolerance,
+	})
+	if err != nil {
 		return -1, err
-	default:
-		res, err := h.limiter.Reserve(ctx, change.Platform, rate, h.cfg.MaxDefer)
-		if err != nil {
-			return -1, err
-		}
-		if !res.OK { // the backlog is longer than a change may wait in all
-			return -1, h.deferTask(ctx, id, queue, change, deferral{
-				until:  time.Now().Add(res.Wait / 2),
-				reason: fmt.Sprintf("rate limit: platform %s has a backlog of %s at %g calls/s", change.Platform, res.Wait.Round(time.Second), rate.PerSecond),
-			})
-		}
-		slot = time.Now().Add(res.Wait)
 	}
-	// Sleeping holds a worker slot, and a deferral to a reserved slot costs
-	// one round trip, so only a slot nearer than the deferral's own lead
-	// time is slept for.
-	wait := time.Until(slot)
-	if wait > min(h.cfg.MaxWait, h.cfg.Lead) {
+	switch {
+	case res.Queued:
+		// Bulk work behind the global backlog: back when its turn nears.
+		return -1, h.deferTask(ctx, id, queue, change, deferral{
+			until:  time.Now().Add(res.Wait - h.cfg.Lead),
+			reason: fmt.Sprintf("rate limit: bulk work waits its turn under the global limit (about %s)", res.Wait.Round(time.Second)),
+		})
+	case !res.OK: // the backlog is longer than a change may wait in all
+		return -1, h.deferTask(ctx, id, queue, change, deferral{
+			until:  time.Now().Add(res.Wait / 2),
+			reason: fmt.Sprintf("rate limit: platform %s has a backlog of %s at %g calls/s", change.Platform, res.Wait.Round(time.Second), rate.PerSecond),
+		})
+	}
+	wait := res.Wait
+	if wait > h.sleepMax() {
+		slot := time.Now().Add(wait)
 		return -1, h.deferTask(ctx, id, queue, change, deferral{
 			until:  slot.Add(-h.cfg.Lead),
 			slot:   &slot,
 			reason: fmt.Sprintf("rate limit: call slot of platform %s (%g calls/s) reserved for %s", change.Platform, rate.PerSecond, slot.UTC().Format(time.RFC3339Nano)),
 		})
 	}
-	if wait <= 0 {
-		return 0, nil
+	if err := sleep(ctx, wait); err != nil {
+		return -1, err
 	}
-	t := time.NewTimer(wait)
+	h.cfg.Metrics.LimiterWait(wait)
+	return wait, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
-		return -1, ctx.Err()
+		return ctx.Err()
 	case <-t.C:
-		h.cfg.Metrics.LimiterWait(wait)
-		return wait, nil
+		return nil
 	}
+}
+
+// SlotError: a second call of a change (the change after an ensure-mode
+// get, the call again after a refused token) found no slot within the time
+// a task may sleep; the change goes back to the queue without using an
+// attempt.
+type SlotError struct {
+	Platform string
+	Wait     time.Duration
+}
+
+func (e *SlotError) Error() string {
+	return fmt.Sprintf("rate limit: no call slot of platform %s within %s for the change's next call", e.Platform, e.Wait.Round(time.Millisecond))
+}
+
+// nextSlot takes a slot for a call after the change's first: every
+// upstream call takes its own slot, or two calls would go out on one.
+func (h *Handler) nextSlot(ctx context.Context, appid string) error {
+	if h.limiter == nil {
+		return nil
+	}
+	res, err := h.limiter.Reserve(ctx, limit.Request{
+		Platform: appid, Rate: h.cfg.Rate(appid), MaxAhead: h.sleepMax(), Tolerance: slotTolerance,
+	})
+	if err != nil {
+		return err
+	}
+	if !res.OK {
+		return &SlotError{Platform: appid, Wait: res.Wait}
+	}
+	if err := sleep(ctx, res.Wait); err != nil {
+		return err
+	}
+	h.cfg.Metrics.LimiterWait(res.Wait)
+	return nil
+}
+
+// release gives back the call slot a change holds (it was canceled, paused
+// or failed before its call), so that later changes need not wait behind it.
+func (h *Handler) release(ctx context.Context, id, appid string) error {
+	if h.limiter == nil || !tasks.ValidAppID(appid) {
+		return nil
+	}
+	return h.limiter.Release(ctx, appid, id)
 }
 
 // begin marks the record running and counts the attempt; it creates the
@@ -327,16 +412,16 @@ func (h *Handler) updateOrCreate(ctx context.Context, id, queue string, change t
 	return rec, err
 }
 
-// call makes the upstream call; a refused token is dropped (only if it is
-// still the shared one), fetched anew, and the call made once more at once.
-func (h *Handler) call(ctx context.Context, change tasks.JumpDomainChange) (wechat.JumpDomains, string, error) {
+// call makes the change's upstream calls; in ensure mode a get first.
+func (h *Handler) call(ctx context.Context, id string, change tasks.JumpDomainChange) (wechat.JumpDomains, string, error) {
 	req := wechat.JumpDomainChange{Action: string(change.Action), Domains: change.Domains, Publish: change.Publish}
 	tok, err := h.tokens.Token(ctx, change.Platform)
 	if err != nil {
 		return wechat.JumpDomains{}, "", err
 	}
+	c := &calls{h: h, id: id, appid: change.Platform, tok: tok}
 	if change.Ensure {
-		cur, err := h.send(ctx, change.Platform, &tok, wechat.JumpDomainChange{Action: wechat.ActionGet})
+		cur, err := c.send(ctx, wechat.JumpDomainChange{Action: wechat.ActionGet})
 		if err != nil {
 			return cur, "", err
 		}
@@ -345,26 +430,48 @@ func (h *Handler) call(ctx context.Context, change tasks.JumpDomainChange) (wech
 			return cur, note, err
 		}
 	}
-	res, err := h.send(ctx, change.Platform, &tok, req)
+	res, err := c.send(ctx, req)
 	return res, "", err
 }
 
-// send makes one call; a refused token is dropped (only if it is still the
-// shared one), fetched anew, and the call made once more at once.
-func (h *Handler) send(ctx context.Context, appid string, tok *string, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
-	res, err := h.modify(ctx, appid, *tok, req)
-	if h.cfg.Policy.Classify(err).Kind != KindRefreshToken {
+// calls makes one change's upstream calls: the first on the slot the task
+// reserved, every later one on a slot of its own, so that no two calls go
+// out on one slot.
+type calls struct {
+	h         *Handler
+	id, appid string
+	tok       string
+	n         int
+}
+
+func (c *calls) one(ctx context.Context, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
+	holder := c.id
+	if c.n > 0 {
+		if err := c.h.nextSlot(ctx, c.appid); err != nil {
+			return wechat.JumpDomains{}, err
+		}
+		holder = ""
+	}
+	c.n++
+	return c.h.modify(ctx, c.appid, holder, c.tok, req)
+}
+
+// send makes a call; a refused token is dropped (only if it is still the
+// shared one), fetched anew, and the call made once more.
+func (c *calls) send(ctx context.Context, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
+	res, err := c.one(ctx, req)
+	if c.h.cfg.Policy.Classify(err).Kind != KindRefreshToken {
 		return res, err
 	}
-	if err := h.tokens.Invalidate(ctx, appid, *tok); err != nil {
+	if err := c.h.tokens.Invalidate(ctx, c.appid, c.tok); err != nil {
 		return res, err
 	}
-	t, err := h.tokens.Token(ctx, appid)
+	t, err := c.h.tokens.Token(ctx, c.appid)
 	if err != nil {
 		return res, err
 	}
-	*tok = t
-	return h.modify(ctx, appid, t, req)
+	c.tok = t
+	return c.one(ctx, req)
 }
 
 // PlanError refuses an ensure-mode change that cannot reach its desired
@@ -449,8 +556,8 @@ func (h *Handler) plan(change tasks.JumpDomainChange, cur wechat.JumpDomains) (w
 }
 
 // modify calls WeChat and tells the limiter whether WeChat was busy, so
-// that the platform's pace adapts.
-func (h *Handler) modify(ctx context.Context, appid, tok string, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
+// that the platform's pace adapts, and that the holder's slot is spent.
+func (h *Handler) modify(ctx context.Context, appid, holder, tok string, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
 	start := time.Now()
 	res, err := h.upstream.ModifyJumpDomain(ctx, tok, req)
 	var apiErr *wechat.APIError
@@ -465,9 +572,17 @@ func (h *Handler) modify(ctx context.Context, appid, tok string, req wechat.Jump
 	if h.limiter == nil {
 		return res, err
 	}
-	busy := errors.As(err, &apiErr) && apiErr.Code == -1
-	if err == nil || apiErr != nil {
-		if ferr := h.limiter.Feedback(ctx, appid, busy); ferr != nil {
+	outcome := limit.Answered
+	switch {
+	case errors.As(err, &apiErr) && apiErr.Code == -1:
+		outcome = limit.Busy
+	case err != nil && apiErr == nil:
+		outcome = limit.NoAnswer
+	}
+	if outcome != limit.NoAnswer || holder != "" {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
+		defer cancel()
+		if ferr := h.limiter.Feedback(fctx, appid, holder, outcome); ferr != nil {
 			h.log.Debug("pacing feedback lost", zap.String("platform", appid), zap.Error(ferr))
 		}
 	}
@@ -514,6 +629,10 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		return h.interrupted(ctx, rec, callErr)
 	case KindPause:
 		return h.pausePlatform(ctx, rec, d)
+	case KindWait:
+		return h.deferTask(ctx, rec.TaskID, rec.Queue, rec.Change(), deferral{
+			until: time.Now().Add(max(d.Wait, h.cfg.Lead)), reason: d.Reason, undoAttempt: true,
+		})
 	}
 	var next time.Duration
 	updated, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
@@ -589,9 +708,8 @@ func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decisi
 		h.log.Warn("platform paused; its changes wait",
 			zap.String("platform", rec.Platform), zap.String("kind", string(p.Kind)), zap.String("reason", p.Reason),
 			zap.Int("errcode", p.ErrCode), zap.Time("until", p.Until), zap.Bool("ends_with_ticket", p.Kind.EndsWithTicket()))
-	} else if cur, ok, err := h.pauses.Get(ctx, rec.Platform); err == nil && ok {
-		p = cur
 	}
+	// deferTask reads the pause in force again (another may have won).
 	return h.deferTask(ctx, rec.TaskID, rec.Queue, rec.Change(), deferral{
 		until: p.Until, reason: "platform paused: " + p.Reason, undoAttempt: true, resumable: true,
 	})
@@ -635,15 +753,37 @@ const recordWriteTimeout = 10 * time.Second
 func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.JumpDomainChange, d deferral) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
 	defer cancel()
+	if d.resumable {
+		// A change waiting for a pause holds no call slot meanwhile.
+		if err := h.release(ctx, id, change.Platform); err != nil {
+			return err
+		}
+		// Remembered first, then the pause read again: a resume that ran
+		// before this did not see the change, and a resume from now on
+		// runs it (see pause.Store.Resume for one that finds it running).
+		if err := h.pauses.AddDeferred(ctx, change.Platform, pause.Deferred{TaskID: id, Queue: queue}); err != nil {
+			return err
+		}
+		p, paused, err := h.pauses.Get(ctx, change.Platform)
+		switch {
+		case err != nil:
+			return err
+		case !paused:
+			d.until, d.reason, d.resumable = time.Now(), "the platform's pause just ended", false
+		default:
+			d.until, d.reason = p.Until, "platform paused: "+p.Reason
+		}
+	}
 	until := d.until.UTC()
 	rec, err := h.updateOrCreate(ctx, id, queue, change, func(r *tasks.Record) error {
 		switch {
 		case r.CancelRequested:
 			r.Status, r.Error = tasks.StatusCanceled, "canceled while waiting: "+d.reason
 			return nil
-		case time.Since(r.CreatedAt) > h.cfg.MaxDefer:
+		case until.Sub(r.CreatedAt) > h.cfg.MaxDefer:
+			// Failed now rather than after waiting: it could not run in time.
 			r.Status = tasks.StatusFailed
-			r.Error = fmt.Sprintf("waited longer than %s in all; last: %s", h.cfg.MaxDefer, d.reason)
+			r.Error = fmt.Sprintf("would wait until %s, longer than %s in all; %s", until.Format(time.RFC3339), h.cfg.MaxDefer, d.reason)
 			return nil
 		}
 		if d.undoAttempt && r.Attempts > 0 {
@@ -657,17 +797,12 @@ func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.
 	})
 	switch {
 	case errors.Is(err, tasks.ErrFinal), err == nil && rec.Status == tasks.StatusCanceled:
-		return nil
+		return h.release(ctx, id, change.Platform)
 	case err != nil:
 		return err
 	case rec.Status == tasks.StatusFailed:
 		h.log.Warn("change failed", zap.String("task_id", id), zap.String("platform", change.Platform), zap.String("reason", rec.Error))
-		return fmt.Errorf("%s: %w", rec.Error, asynq.SkipRetry)
-	}
-	if d.resumable {
-		if err := h.pauses.AddDeferred(ctx, change.Platform, pause.Deferred{TaskID: id, Queue: queue}); err != nil {
-			return err
-		}
+		return errors.Join(h.release(ctx, id, change.Platform), fmt.Errorf("%s: %w", rec.Error, asynq.SkipRetry))
 	}
 	h.cfg.Metrics.Deferral(d.kind())
 	return &DeferError{Until: d.until, Reason: d.reason}

@@ -159,6 +159,7 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 			cancel()
 			require.NoError(t, <-done)
 			<-watched
+			tokens.Drain()
 		})
 	}
 	t.Cleanup(stop)

@@ -263,8 +263,10 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 		return p.Secret.Reveal(), ok && p.Secret != ""
 	}
 	tickets := ticket.NewStore(rdb, cfg.KeyPrefix)
+	policy := worker.DefaultPolicy()
+	policy.RetryCodes, policy.TokenCodes, policy.MinuteCodes, policy.DayCodes = cfg.RetryCodes, cfg.TokenCodes, cfg.MinuteCodes, cfg.DayCodes
 	tokens := token.NewSource(rdb, wc, tickets, token.SourceConfig{
-		Prefix: cfg.KeyPrefix, Margin: cfg.TokenMargin, Secret: secret, Observe: m.TokenFetch,
+		Prefix: cfg.KeyPrefix, Margin: cfg.TokenMargin, Secret: secret, Observe: m.TokenFetch, RetryCodes: policy.TokenAPIRetryCodes,
 		// The lock outlives the slowest fetch, so no second process fetches
 		// while the first is still waiting for WeChat.
 		Lease: 2*cfg.HTTPTimeout + 5*time.Second,
@@ -275,8 +277,6 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 	limiter := limit.New(rdb, cfg.KeyPrefix, limit.Rate{PerSecond: cfg.GlobalRate, Burst: cfg.GlobalBurst}, limit.Pacing{
 		Decrease: cfg.BusyDecrease, Increase: cfg.BusyIncrease, MinFactor: cfg.BusyMinFactor,
 	})
-	policy := worker.DefaultPolicy()
-	policy.RetryCodes, policy.TokenCodes, policy.MinuteCodes, policy.DayCodes = cfg.RetryCodes, cfg.TokenCodes, cfg.MinuteCodes, cfg.DayCodes
 	h := worker.NewHandler(store, tokens, wc, pauses, limiter, worker.Config{
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts, OperatorPause: cfg.OperatorPause,
 		Policy: policy,
@@ -285,6 +285,7 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 		Lead:       cfg.PollInterval + 100*time.Millisecond,
 		Metrics:    m,
 		MaxDomains: cfg.MaxDomains,
+		BulkQueue:  cfg.BulkQueue,
 	}, log)
 	svc, _ := rolloutService(rdb, cfg, platforms)
 	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, rollouts: svc, log: log}, nil
@@ -341,6 +342,7 @@ func (f *fleet) run(ctx context.Context, sc worker.ServerConfig) error {
 	err := worker.Run(ctx, f.rdb, sc, f.handler, f.log)
 	cancel()
 	<-watched
+	f.tokens.Drain()
 	return err
 }
 

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -91,72 +92,239 @@ func New(rdb redis.UniversalClient, prefix string, global Rate, pacing Pacing) *
 	return &Limiter{rdb: rdb, prefix: prefix, global: global, pacing: pacing.withDefaults()}
 }
 
-func (l *Limiter) tatKey(appid string) string    { return l.prefix + "limit:" + appid }
+func (l *Limiter) tatKey(appid string) string    { return tatKey(l.prefix, appid) }
 func (l *Limiter) factorKey(appid string) string { return l.prefix + "limit_factor:" + appid }
 func (l *Limiter) windowKey(appid string) string { return l.prefix + "limit_busy:" + appid }
 
-// No appid can name the global lane: appids are "wx" and 16 hex digits
-// wherever they come in (tasks.ValidAppID). The key keeps its name, so that
-// workers of different versions share one global limit during an upgrade.
-func (l *Limiter) globalKey() string { return l.prefix + "limit:_global" }
+// No appid can name the global lanes: appids are "wx" and 16 hex digits
+// wherever they come in (tasks.ValidAppID). The global key keeps its name,
+// so that workers of different versions share one limit during an upgrade.
+func tatKey(prefix, appid string) string { return prefix + "limit:" + appid }
+func globalKey(prefix string) string     { return prefix + "limit:_global" }
+func bulkKey(prefix string) string       { return prefix + "limit:_global_bulk" }
 
-// reserveScript: KEYS platform TAT, global TAT, platform factor.
-// ARGV platform interval µs, platform burst, global interval µs, global
-// burst, max wait µs. Returns {reserved 0|1, wait µs}.
-var reserveScript = redis.NewScript(`
+// laneKeys are the keys of the three lanes a reservation may hold: the
+// platform's, the global one, and the bulk line behind the global one;
+// each a TAT and a ledger of who holds which slot.
+func laneKeys(prefix, appid string) []string {
+	p, g, b := tatKey(prefix, appid), globalKey(prefix), bulkKey(prefix)
+	return []string{p, p + ":slots", g, g + ":slots", b, b + ":slots"}
+}
+
+// The lanes are GCRA (a theoretical arrival time, TAT, per lane) with a
+// ledger beside each TAT: a sorted set of the slots reserved, by holder.
+// The ledger lets a task that comes back find its slot again on Redis's
+// clock (hosts need not agree on the time), and lets a canceled or paused
+// change give its slot back, so that later changes do not wait behind
+// ghosts. Bulk work takes real global slots only a little ahead (the
+// horizon); beyond, it waits in the bulk line, so a single change never
+// waits behind bulk work for more than the horizon.
+const laneLua = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local factor = tonumber(redis.call('GET', KEYS[3]) or '1')
-local maxwait = tonumber(ARGV[5])
-local s = now
-local lanes = {}
-local function lane(key, interval, burst)
-  if interval <= 0 then return end
-  local tat = tonumber(redis.call('GET', key) or '0')
-  if tat < now then tat = now end
-  local allow = tat - (burst - 1) * interval
-  if allow > s then s = allow end
-  lanes[#lanes + 1] = {key, tat, interval}
+local function tat(key)
+  local v = tonumber(redis.call('GET', key) or '0')
+  if v < now then v = now end
+  return v
 end
-lane(KEYS[1], tonumber(ARGV[1]) / factor, tonumber(ARGV[2]))
-lane(KEYS[2], tonumber(ARGV[3]), tonumber(ARGV[4]))
-local wait = s - now
-if wait > maxwait then return {0, math.floor(wait)} end
+local function allow(key, iv, burst)
+  if iv <= 0 then return now end
+  return tat(key) - (burst - 1) * iv
+end
+local function keep(until_)
+  return math.max(1000, math.ceil((until_ - now) / 1000) + 60000)
+end
+local function take(key, ledger, iv, s, holder)
+  if iv <= 0 then return end
+  local nt = math.max(tat(key), s) + iv
+  local px = keep(nt)
+  redis.call('SET', key, string.format('%.0f', nt), 'PX', px)
+  redis.call('SET', key .. ':iv', string.format('%.0f', iv), 'PX', px)
+  redis.call('ZADD', ledger, string.format('%.0f', s), holder)
+  redis.call('PEXPIRE', ledger, px)
+end
+`
+
+// reserveScript: KEYS the six lane keys, the platform factor. ARGV
+// platform interval µs (before pacing), platform burst, global interval
+// µs (0: none), global burst, max ahead µs, holder, bulk 0|1, horizon µs,
+// tolerance µs, name of an anonymous holder. Returns {kind, wait µs}:
+// kind 1 a slot (call after wait), 2 in the bulk line (come back after
+// wait), 0 nothing reserved (capacity frees up in about wait).
+var reserveScript = redis.NewScript(laneLua + `
+local factor = tonumber(redis.call('GET', KEYS[7]) or '1')
+local piv = tonumber(ARGV[1])
+if piv > 0 then piv = piv / factor end
+local pburst, giv, gburst = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local maxahead, holder, bulk = tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
+local horizon, tol = tonumber(ARGV[8]), tonumber(ARGV[9])
+-- A place in the bulk line is a turn, not a slot: it is kept a minute
+-- past its time for a task that comes back late.
+local lanes = {{KEYS[1], KEYS[2], piv, pburst, tol}, {KEYS[3], KEYS[4], giv, gburst, tol}, {KEYS[5], KEYS[6], giv, gburst, 60000000}}
+-- Slots long past are forgotten; one held a little while is still the
+-- holder's, for a task that comes back a moment late.
 for _, l in ipairs(lanes) do
-  local tat = math.max(l[2], s) + l[3]
-  redis.call('SET', l[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 1000)
+  redis.call('ZREMRANGEBYSCORE', l[2], '-inf', string.format('%.0f', now - math.max(l[5], l[3] * l[4]) - 1))
 end
-return {1, math.floor(wait)}
+if holder ~= '' then
+  local held = {}
+  local any = false
+  for i, l in ipairs(lanes) do
+    held[i] = tonumber(redis.call('ZSCORE', l[2], holder))
+    if held[i] and held[i] < now - l[5] then held[i] = nil end
+    if held[i] then any = true end
+  end
+  if any then
+    if held[3] and giv > 0 then
+      -- In the bulk line: a real global slot once its turn is near.
+      local s = math.max(held[3], allow(KEYS[3], giv, gburst))
+      if held[1] then s = math.max(s, held[1]) else s = math.max(s, allow(KEYS[1], piv, pburst)) end
+      if s - now <= horizon then
+        if not held[1] then take(KEYS[1], KEYS[2], piv, s, holder) end
+        take(KEYS[3], KEYS[4], giv, s, holder)
+        redis.call('ZREM', KEYS[6], holder)
+        return {1, s - now}
+      end
+      return {2, s - now}
+    end
+    if (piv <= 0 or held[1]) and (giv <= 0 or held[2]) then
+      return {1, math.max(held[1] or now, held[2] or now) - now}
+    end
+    -- What it holds no longer fits (the limits changed): start over.
+    for _, l in ipairs(lanes) do redis.call('ZREM', l[2], holder) end
+  end
+end
+local s = math.max(now, allow(KEYS[1], piv, pburst))
+local line = false
+if giv > 0 then
+  local g = math.max(s, allow(KEYS[3], giv, gburst))
+  if bulk and g - now > horizon then
+    line = true
+    s = math.max(g, allow(KEYS[5], giv, gburst))
+  else
+    s = g
+  end
+end
+if s - now > maxahead then return {0, s - now} end
+if holder == '' then holder = ARGV[10] end
+take(KEYS[1], KEYS[2], piv, s, holder)
+if line then
+  take(KEYS[5], KEYS[6], giv, s, holder)
+  return {2, s - now}
+end
+take(KEYS[3], KEYS[4], giv, s, holder)
+return {1, s - now}
 `)
+
+// releaseScript: KEYS the six lane keys; ARGV holder. Each lane's TAT
+// falls back to just after the last slot still held, if that is earlier.
+var releaseScript = redis.NewScript(laneLua + `
+local released = 0
+for i = 1, 5, 2 do
+  local key, ledger = KEYS[i], KEYS[i + 1]
+  if redis.call('ZREM', ledger, ARGV[1]) == 1 then
+    released = released + 1
+    local iv = tonumber(redis.call('GET', key .. ':iv') or '0')
+    local floor = now
+    local top = redis.call('ZREVRANGE', ledger, 0, 0, 'WITHSCORES')
+    if top[2] then floor = math.max(now, tonumber(top[2]) + iv) end
+    local cur = tonumber(redis.call('GET', key) or '0')
+    if cur > floor then
+      redis.call('SET', key, string.format('%.0f', floor), 'PX', keep(floor))
+    end
+  end
+end
+return released
+`)
+
+// Request asks for a call slot.
+type Request struct {
+	Platform string
+	// Holder names who holds the slot, normally the task id: a task that
+	// comes back finds its slot again, and Release gives it up. Empty: an
+	// anonymous slot, for a call that goes out at once.
+	Holder string
+	Rate   Rate
+	// MaxAhead: a slot further away than this is not reserved.
+	MaxAhead time.Duration
+	// Bulk work takes a real global slot at most Horizon ahead; beyond,
+	// it waits in the bulk line, behind other bulk work, and takes its
+	// global slot when it comes back.
+	Bulk    bool
+	Horizon time.Duration
+	// Tolerance: a slot held this long in the past still belongs to its
+	// holder (a task back a moment late); an older one is forgotten.
+	Tolerance time.Duration
+}
 
 // Reservation is the answer to Reserve.
 type Reservation struct {
 	// OK: a slot is reserved; the call may go out after Wait.
-	// Not OK: nothing is reserved; capacity frees up in about Wait.
-	OK   bool
+	OK bool
+	// Queued: bulk work waits in the bulk line; it comes back after Wait
+	// and reserves again (it then gets its global slot).
+	Queued bool
+	// Wait, when neither: nothing is reserved; capacity frees up in about Wait.
 	Wait time.Duration
 }
 
-// Reserve asks for a call slot for the platform within maxWait.
-func (l *Limiter) Reserve(ctx context.Context, appid string, r Rate, maxWait time.Duration) (Reservation, error) {
-	if r.PerSecond <= 0 && l.global.PerSecond <= 0 {
+var anonymous atomic.Uint64
+
+// Reserve asks for a call slot for the platform. A holder that already
+// has one gets it back, with the wait on Redis's clock.
+func (l *Limiter) Reserve(ctx context.Context, req Request) (Reservation, error) {
+	if req.Rate.PerSecond <= 0 && l.global.PerSecond <= 0 {
 		return Reservation{OK: true}, nil
 	}
-	res, err := reserveScript.Run(ctx, l.rdb,
-		[]string{l.tatKey(appid), l.globalKey(), l.factorKey(appid)},
-		r.intervalMicros(), r.burst(), l.global.intervalMicros(), l.global.burst(), maxWait.Microseconds(),
+	bulk := "0"
+	if req.Bulk {
+		bulk = "1"
+	}
+	anon := "~" + strconv.FormatUint(anonymous.Add(1), 36) + "." + strconv.FormatInt(time.Now().UnixNano(), 36)
+	res, err := reserveScript.Run(ctx, l.rdb, append(laneKeys(l.prefix, req.Platform), l.factorKey(req.Platform)),
+		req.Rate.intervalMicros(), req.Rate.burst(), l.global.intervalMicros(), l.global.burst(), req.MaxAhead.Microseconds(),
+		req.Holder, bulk, req.Horizon.Microseconds(), req.Tolerance.Microseconds(), anon,
 	).Int64Slice()
 	if err != nil {
-		return Reservation{}, fmt.Errorf("reserve a call slot for %s: %w", appid, err)
+		return Reservation{}, fmt.Errorf("reserve a call slot for %s: %w", req.Platform, err)
 	}
-	return Reservation{OK: res[0] == 1, Wait: time.Duration(res[1]) * time.Microsecond}, nil
+	return Reservation{OK: res[0] == 1, Queued: res[0] == 2, Wait: time.Duration(res[1]) * time.Microsecond}, nil
 }
 
-// feedbackScript: KEYS factor, busy window. ARGV busy 0|1, decrease,
-// increase, min factor, burst count, burst ratio. Returns the factor ×1e6.
+// Release gives up the slots a holder has for a platform (a change
+// canceled, paused or failed before its call): later changes take them.
+func (l *Limiter) Release(ctx context.Context, appid, holder string) error {
+	return Release(ctx, l.rdb, l.prefix, appid, holder)
+}
+
+// Release is Limiter.Release for callers without a limiter (a producer
+// canceling a change).
+func Release(ctx context.Context, rdb redis.UniversalClient, prefix, appid, holder string) error {
+	if err := releaseScript.Run(ctx, rdb, laneKeys(prefix, appid), holder).Err(); err != nil {
+		return fmt.Errorf("release the call slot of %s: %w", holder, err)
+	}
+	return nil
+}
+
+// feedbackScript: KEYS factor, busy window, platform ledger, global
+// ledger. ARGV busy 0|1 (- for no answer), decrease, increase, min factor, burst count,
+// burst ratio, holder. Returns the factor ×1e6. The holder's slots are
+// spent: they stay in the ledgers (later slots keep their distance) under
+// another name, so that the holder cannot find them again.
 var feedbackScript = redis.NewScript(`
+if ARGV[7] ~= '' then
+  for i = 3, 4 do
+    local s = redis.call('ZSCORE', KEYS[i], ARGV[7])
+    if s then
+      redis.call('ZREM', KEYS[i], ARGV[7])
+      redis.call('ZADD', KEYS[i], s, '~' .. ARGV[7])
+    end
+  end
+end
 local factor = tonumber(redis.call('GET', KEYS[1]) or '1')
-if ARGV[1] == '1' then
+if ARGV[1] == '-' then
+  -- No answer came back: no lesson about WeChat's pace.
+elseif ARGV[1] == '1' then
   local calls = redis.call('HINCRBY', KEYS[2], 'calls', 1)
   local busy = redis.call('HINCRBY', KEYS[2], 'busy', 1)
   if calls == 1 then redis.call('PEXPIRE', KEYS[2], 1000) end
@@ -174,15 +342,27 @@ end
 return math.floor(factor * 1000000)
 `)
 
-// Feedback tells the limiter how a call went: busy for errcode -1.
-func (l *Limiter) Feedback(ctx context.Context, appid string, busy bool) error {
-	b := "0"
-	if busy {
-		b = "1"
-	}
+// Outcome is how a call went, for pacing.
+type Outcome int
+
+// The outcomes of a call.
+const (
+	// Answered: WeChat answered, not busy.
+	Answered Outcome = iota
+	// Busy: WeChat answered -1.
+	Busy
+	// NoAnswer: the call failed before an answer; no lesson about pace.
+	NoAnswer
+)
+
+// Feedback tells the limiter how a call went, so that the platform's pace
+// adapts, and spends the holder's slot: the holder cannot find it again.
+func (l *Limiter) Feedback(ctx context.Context, appid, holder string, o Outcome) error {
+	b := [...]string{Answered: "0", Busy: "1", NoAnswer: "-"}[o]
 	p := l.pacing
-	err := feedbackScript.Run(ctx, l.rdb, []string{l.factorKey(appid), l.windowKey(appid)},
-		b, p.Decrease, p.Increase, p.MinFactor, p.BurstCount, p.BurstRatio).Err()
+	lanes := laneKeys(l.prefix, appid)
+	err := feedbackScript.Run(ctx, l.rdb, []string{l.factorKey(appid), l.windowKey(appid), lanes[1], lanes[3]},
+		b, p.Decrease, p.Increase, p.MinFactor, p.BurstCount, p.BurstRatio, holder).Err()
 	if err != nil {
 		return fmt.Errorf("record pacing feedback for %s: %w", appid, err)
 	}

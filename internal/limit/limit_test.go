@@ -2,6 +2,7 @@ package limit_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -30,7 +31,7 @@ func TestReservationsAreSpacedByTheRate(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					for i := 0; i < 10; i++ {
-						r, err := l.Reserve(ctx, "wx1", limit.Rate{PerSecond: 10, Burst: 2}, time.Hour)
+						r, err := l.Reserve(ctx, limit.Request{Platform: "wx1", Rate: limit.Rate{PerSecond: 10, Burst: 2}, MaxAhead: time.Hour})
 						assert.NoError(t, err)
 						assert.True(t, r.OK)
 						mu.Lock()
@@ -65,22 +66,22 @@ func TestTooLongAWaitReservesNothing(t *testing.T) {
 	ctx := context.Background()
 	l := limit.New(rb.Client, rb.Prefix, limit.Rate{}, limit.Pacing{})
 	rate := limit.Rate{PerSecond: 2, Burst: 1}
-	r, err := l.Reserve(ctx, "wx1", rate, time.Second)
+	r, err := l.Reserve(ctx, limit.Request{Platform: "wx1", Rate: rate, MaxAhead: time.Second})
 	require.NoError(t, err)
 	require.True(t, r.OK)
 	require.Zero(t, r.Wait)
-	r, err = l.Reserve(ctx, "wx1", rate, time.Second)
+	r, err = l.Reserve(ctx, limit.Request{Platform: "wx1", Rate: rate, MaxAhead: time.Second})
 	require.NoError(t, err)
 	require.True(t, r.OK)
 	assert.InDelta(t, 0.5, r.Wait.Seconds(), 0.05)
 	for i := 0; i < 3; i++ {
-		r, err = l.Reserve(ctx, "wx1", rate, 200*time.Millisecond)
+		r, err = l.Reserve(ctx, limit.Request{Platform: "wx1", Rate: rate, MaxAhead: 200*time.Millisecond})
 		require.NoError(t, err)
 		assert.False(t, r.OK)
 		assert.InDelta(t, 1.0, r.Wait.Seconds(), 0.05, "refusals take no slot: the wait does not grow")
 	}
 	// Other platforms are not affected.
-	r, err = l.Reserve(ctx, "wx2", rate, 0)
+	r, err = l.Reserve(ctx, limit.Request{Platform: "wx2", Rate: rate, MaxAhead: 0})
 	require.NoError(t, err)
 	assert.True(t, r.OK)
 }
@@ -92,7 +93,7 @@ func TestGlobalRateSpansPlatforms(t *testing.T) {
 	l := limit.New(rb.Client, rb.Prefix, limit.Rate{PerSecond: 4, Burst: 1}, limit.Pacing{})
 	var last time.Duration
 	for i, app := range []string{"wx1", "wx2", "wx3", "wx4"} {
-		r, err := l.Reserve(ctx, app, limit.Rate{PerSecond: 100}, time.Hour)
+		r, err := l.Reserve(ctx, limit.Request{Platform: app, Rate: limit.Rate{PerSecond: 100}, MaxAhead: time.Hour})
 		require.NoError(t, err)
 		require.True(t, r.OK)
 		assert.InDelta(t, 0.25*float64(i), r.Wait.Seconds(), 0.05)
@@ -108,31 +109,31 @@ func TestBusyBurstSlowsThePlatformAndSuccessRestoresIt(t *testing.T) {
 	l := limit.New(rb.Client, rb.Prefix, limit.Rate{}, limit.Pacing{})
 	other := limit.New(rb.Client, rb.Prefix, limit.Rate{}, limit.Pacing{}) // another process
 	for i := 0; i < 2; i++ {
-		require.NoError(t, l.Feedback(ctx, "wx1", true))
+		require.NoError(t, l.Feedback(ctx, "wx1", "", limit.Busy))
 	}
 	f, err := other.Factor(ctx, "wx1")
 	require.NoError(t, err)
 	assert.Equal(t, 1.0, f, "two busy answers are not a burst")
-	require.NoError(t, l.Feedback(ctx, "wx1", true))
+	require.NoError(t, l.Feedback(ctx, "wx1", "", limit.Busy))
 	f, err = other.Factor(ctx, "wx1")
 	require.NoError(t, err)
 	assert.InDelta(t, 0.7, f, 1e-9, "the fleet sees the decrease")
 	for i := 0; i < 5; i++ {
-		require.NoError(t, l.Feedback(ctx, "wx1", true))
+		require.NoError(t, l.Feedback(ctx, "wx1", "", limit.Busy))
 	}
 	f, _ = other.Factor(ctx, "wx1")
 	assert.InDelta(t, 0.7, f, 1e-9, "one decrease per second at most")
 
 	// At factor 0.7 a 10/s platform is spaced by 1/7 s.
 	rate := limit.Rate{PerSecond: 10, Burst: 1}
-	_, err = other.Reserve(ctx, "wx1", rate, time.Hour)
+	_, err = other.Reserve(ctx, limit.Request{Platform: "wx1", Rate: rate, MaxAhead: time.Hour})
 	require.NoError(t, err)
-	r, err := other.Reserve(ctx, "wx1", rate, time.Hour)
+	r, err := other.Reserve(ctx, limit.Request{Platform: "wx1", Rate: rate, MaxAhead: time.Hour})
 	require.NoError(t, err)
 	assert.InDelta(t, 1.0/7, r.Wait.Seconds(), 0.02)
 
 	for i := 0; i < 6; i++ {
-		require.NoError(t, l.Feedback(ctx, "wx1", false))
+		require.NoError(t, l.Feedback(ctx, "wx1", "", limit.Answered))
 	}
 	f, _ = other.Factor(ctx, "wx1")
 	assert.Equal(t, 1.0, f, "successes restore the full rate")
@@ -142,9 +143,106 @@ func TestUnlimitedCostsNothing(t *testing.T) {
 	t.Parallel()
 	rb := redistest.Mini(t)
 	l := limit.New(rb.Client, rb.Prefix, limit.Rate{}, limit.Pacing{})
-	r, err := l.Reserve(context.Background(), "wx1", limit.Rate{}, 0)
+	r, err := l.Reserve(context.Background(), limit.Request{Platform: "wx1", Rate: limit.Rate{}, MaxAhead: 0})
 	require.NoError(t, err)
 	assert.Equal(t, limit.Reservation{OK: true}, r)
 	keys, _ := rb.Client.Keys(context.Background(), "*").Result()
 	assert.Empty(t, keys)
+}
+
+// TestHolderFindsItsSlotAgain: a task that comes back gets the slot it
+// reserved, with the wait on Redis's clock, not a new one.
+func TestHolderFindsItsSlotAgain(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Real(t)
+	ctx := context.Background()
+	l := limit.New(rb.Client, rb.Prefix, limit.Rate{}, limit.Pacing{})
+	rate := limit.Rate{PerSecond: 2, Burst: 1}
+	req := func(holder string) limit.Request {
+		return limit.Request{Platform: "wx1", Holder: holder, Rate: rate, MaxAhead: time.Hour, Tolerance: 50 * time.Millisecond}
+	}
+	var waits []time.Duration
+	for _, h := range []string{"a", "b", "c"} {
+		r, err := l.Reserve(ctx, req(h))
+		require.NoError(t, err)
+		waits = append(waits, r.Wait)
+	}
+	assert.InDelta(t, 1.0, waits[2].Seconds(), 0.05)
+	time.Sleep(300 * time.Millisecond)
+	r, err := l.Reserve(ctx, req("c"))
+	require.NoError(t, err)
+	assert.True(t, r.OK)
+	assert.InDelta(t, 0.7, r.Wait.Seconds(), 0.05, "the same slot, 300ms nearer")
+	r, err = l.Reserve(ctx, req("d"))
+	require.NoError(t, err)
+	assert.InDelta(t, 1.2, r.Wait.Seconds(), 0.05, "a new holder goes after c")
+}
+
+// TestReleasedSlotsAreTakenByLaterChanges: a canceled backlog gives its
+// slots back; the next change does not wait behind ghosts.
+func TestReleasedSlotsAreTakenByLaterChanges(t *testing.T) {
+	t.Parallel()
+	for _, be := range redistest.Backends() {
+		t.Run(be.Name, func(t *testing.T) {
+			t.Parallel()
+			rb := be.Open(t)
+			ctx := context.Background()
+			l := limit.New(rb.Client, rb.Prefix, limit.Rate{PerSecond: 5, Burst: 1}, limit.Pacing{})
+			rate := limit.Rate{PerSecond: 5, Burst: 1}
+			var holders []string
+			for i := 0; i < 40; i++ {
+				h := fmt.Sprintf("t%d", i)
+				_, err := l.Reserve(ctx, limit.Request{Platform: "wx1", Holder: h, Rate: rate, MaxAhead: time.Hour})
+				require.NoError(t, err)
+				holders = append(holders, h)
+			}
+			// Released in any order (here oldest first), as a cancel does.
+			for _, h := range holders[1:] {
+				require.NoError(t, limit.Release(ctx, rb.Client, rb.Prefix, "wx1", h))
+			}
+			r, err := l.Reserve(ctx, limit.Request{Platform: "wx1", Holder: "new", Rate: rate, MaxAhead: time.Hour})
+			require.NoError(t, err)
+			assert.True(t, r.OK)
+			assert.LessOrEqual(t, r.Wait, 250*time.Millisecond, "right after the one slot still held, not 8s behind ghosts")
+			r, err = l.Reserve(ctx, limit.Request{Platform: "wx2", Holder: "other", Rate: rate, MaxAhead: time.Hour})
+			require.NoError(t, err)
+			assert.LessOrEqual(t, r.Wait, 450*time.Millisecond, "the global lane gave its slots back too")
+		})
+	}
+}
+
+// TestBulkWorkWaitsInLineBehindSingles: under a global limit, bulk work
+// takes real slots only a little ahead; a single change arriving behind a
+// bulk backlog waits at most that much.
+func TestBulkWorkWaitsInLineBehindSingles(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Real(t)
+	ctx := context.Background()
+	l := limit.New(rb.Client, rb.Prefix, limit.Rate{PerSecond: 5, Burst: 1}, limit.Pacing{})
+	const horizon = time.Second
+	var last limit.Reservation
+	for i := 0; i < 40; i++ {
+		r, err := l.Reserve(ctx, limit.Request{Platform: fmt.Sprintf("wx%02d", i), Holder: fmt.Sprintf("b%d", i), MaxAhead: time.Hour, Bulk: true, Horizon: horizon})
+		require.NoError(t, err)
+		assert.True(t, r.OK || r.Queued)
+		last = r
+	}
+	assert.True(t, last.Queued, "far back in the bulk line")
+	assert.InDelta(t, 7.8, last.Wait.Seconds(), 0.1, "its turn comes at the global rate")
+	r, err := l.Reserve(ctx, limit.Request{Platform: "wxsingle", Holder: "s", MaxAhead: time.Hour})
+	require.NoError(t, err)
+	assert.True(t, r.OK)
+	assert.LessOrEqual(t, r.Wait, horizon+250*time.Millisecond, "a single change is not behind 40 bulk changes")
+	// A bulk change back before its turn stays in line, its turn kept.
+	time.Sleep(200 * time.Millisecond)
+	r, err = l.Reserve(ctx, limit.Request{Platform: "wx20", Holder: "b20", MaxAhead: time.Hour, Bulk: true, Horizon: horizon})
+	require.NoError(t, err)
+	assert.True(t, r.Queued)
+	assert.InDelta(t, 3.8, r.Wait.Seconds(), 0.1)
+	// Near its turn, it takes a real global slot.
+	time.Sleep(r.Wait - 900*time.Millisecond)
+	r, err = l.Reserve(ctx, limit.Request{Platform: "wx20", Holder: "b20", MaxAhead: time.Hour, Bulk: true, Horizon: horizon})
+	require.NoError(t, err)
+	assert.True(t, r.OK, "a real slot %s away", r.Wait)
+	assert.LessOrEqual(t, r.Wait, horizon)
 }

@@ -299,12 +299,30 @@ func (s *Store) ResumeForTicket(ctx context.Context, inspector *asynq.Inspector,
 	return Resumed{}, fmt.Errorf("resume %s after a new ticket: its pause keeps changing", appid)
 }
 
+// runAgainAfter: a change found running when its pause ended is being
+// deferred at that moment; it is run again once asynq has put it back.
+var runAgainAfter = 1500 * time.Millisecond
+
 func run(inspector *asynq.Inspector, deferred []Deferred) int {
 	n := 0
+	var running []Deferred
 	for _, d := range deferred {
-		// Tasks that ran meanwhile are no longer waiting; skip them.
-		if inspector.RunTask(d.Queue, d.TaskID) == nil {
+		switch err := inspector.RunTask(d.Queue, d.TaskID); {
+		case err == nil:
 			n++
+		case !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound):
+			// Running: its handler may be deferring it right now, after it
+			// read the pause, so it would wait out the whole pause.
+			running = append(running, d)
+		}
+		// Not found: it ran and finished meanwhile.
+	}
+	if len(running) > 0 {
+		time.Sleep(runAgainAfter)
+		for _, d := range running {
+			if inspector.RunTask(d.Queue, d.TaskID) == nil {
+				n++
+			}
 		}
 	}
 	return n

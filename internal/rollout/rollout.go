@@ -348,9 +348,12 @@ func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 		return err
 	}
 	for {
-		status, err := s.rdb.HGet(ctx, s.key(r.ID), "status").Result()
+		status, current, err := s.client.Store().RolloutState(ctx, r.ID)
 		if err != nil {
 			return err
+		}
+		if current != p.Attempt {
+			return nil // retried since: the new attempt's fan-out takes over
 		}
 		switch status {
 		case StatusCanceled:
@@ -394,7 +397,7 @@ func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 		}
 	}
 	// Changes may all have finished while the last batch was queued.
-	return fannedOut.Run(ctx, s.rdb, []string{s.key(r.ID)}).Err()
+	return fannedOut.Run(ctx, s.rdb, []string{s.key(r.ID)}, p.Attempt).Err()
 }
 
 // failPlatform records one platform's change as failed without queueing
@@ -412,23 +415,26 @@ func (s *Service) failPlatform(ctx context.Context, rolloutID, taskID string, c 
 // failUnqueued ends a fan-out that cannot finish: the rollout fails with the
 // reason, and the platforms not queued yet are failed.
 func (s *Service) failUnqueued(ctx context.Context, id string, attempt int, why string) error {
-	ok, err := markFailed.Run(ctx, s.rdb, []string{s.key(id)}, why).Int()
+	ok, err := markFailed.Run(ctx, s.rdb, []string{s.key(id)}, why, attempt).Int()
 	if err != nil || ok == 0 {
 		return err // canceled or gone meanwhile
 	}
 	return s.moveUnqueued(ctx, id, attempt, tasks.StatusFailed)
 }
 
-// markFailed: a fanning-out rollout fails with a reason (ARGV[1]).
+// markFailed: a rollout fanning out an attempt (ARGV[2]) fails with a
+// reason (ARGV[1]).
 var markFailed = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'status') ~= 'fanning_out' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[1])
 return 1`)
 
 // fannedOut: a fanning-out rollout becomes running, or done if its
-// platforms all finished meanwhile.
+// platforms all finished meanwhile; ARGV the attempt fanned out.
 var fannedOut = redis.NewScript(`
 if redis.call('HGET', KEYS[1], 'status') ~= 'fanning_out' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
 if redis.call('HEXISTS', KEYS[1], 'finished_at') == 1 then
   redis.call('HSET', KEYS[1], 'status', 'done')
 else

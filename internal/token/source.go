@@ -9,6 +9,7 @@ import (
 	"github.com/wxdomain/wxdomain/internal/ticket"
 	"hash/fnv"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,6 +44,24 @@ func (e *FetchError) Error() string {
 
 func (e *FetchError) Unwrap() error { return e.Err }
 
+// BusyError means the token API was busy (-1) or could not be reached, now
+// or moments ago: the whole fleet asks again after RetryIn, with backoff,
+// and the change that waits uses no attempt.
+type BusyError struct {
+	RetryIn time.Duration
+	// Err is the answer, or nil when the fleet is still backing off.
+	Err error
+}
+
+func (e *BusyError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("the token API was busy moments ago; asking again in %s", e.RetryIn.Round(time.Millisecond))
+	}
+	return fmt.Sprintf("%v; asking again in %s", e.Err, e.RetryIn.Round(time.Millisecond))
+}
+
+func (e *BusyError) Unwrap() error { return e.Err }
+
 // ErrUnknownPlatform means no secret is configured for the appid.
 var ErrUnknownPlatform = errors.New("platform not in the platforms file")
 
@@ -60,6 +79,9 @@ type SourceConfig struct {
 	// Observe, if set, is told of every fetch from WeChat and its outcome
 	// (for metrics).
 	Observe func(appid string, err error)
+	// RetryCodes are the token API's errcodes that mean "busy, ask again":
+	// they are not remembered as refusals; default -1.
+	RetryCodes []int
 }
 
 // Source hands out each platform's component token. The token lives in
@@ -83,7 +105,13 @@ type Source struct {
 	// an entry read before a notice is not kept after it.
 	changes map[string]uint64
 	live    atomic.Bool // the change feed is subscribed: local entries can be trusted
+	// inflight counts refreshes under way, which outlive their callers.
+	inflight sync.WaitGroup
 }
+
+// Drain waits for the refreshes under way to end (each is bounded by the
+// lock's lease), so that a stopping process stores a token WeChat issued.
+func (s *Source) Drain() { s.inflight.Wait() }
 
 // NewSource returns a token source.
 func NewSource(rdb redis.UniversalClient, f Fetcher, t *ticket.Store, cfg SourceConfig, log *zap.Logger) *Source {
@@ -92,6 +120,9 @@ func NewSource(rdb redis.UniversalClient, f Fetcher, t *ticket.Store, cfg Source
 	}
 	if cfg.Observe == nil {
 		cfg.Observe = func(string, error) {}
+	}
+	if cfg.RetryCodes == nil {
+		cfg.RetryCodes = []int{-1}
 	}
 	return &Source{rdb: rdb, fetcher: f, tickets: t, cfg: cfg, log: log, now: time.Now, local: map[string]entry{}, changes: map[string]uint64{}}
 }
@@ -109,6 +140,63 @@ const refusalMemory = 30 * time.Second
 // RefusalKey remembers the token API's last refusal for a platform; storing
 // a new ticket deletes it.
 func RefusalKey(prefix, appid string) string { return prefix + "token_refusal:" + appid }
+
+// countFetch counts a call of the token API: every call counts against its
+// daily quota, even a refused one.
+func (s *Source) countFetch(ctx context.Context, appid string, at time.Time) {
+	fetches := s.fetchesKey(appid, at)
+	_, err := s.rdb.TxPipelined(context.WithoutCancel(ctx), func(p redis.Pipeliner) error {
+		p.Incr(ctx, fetches)
+		p.Expire(ctx, fetches, 48*time.Hour)
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("could not count a token fetch", zap.String("platform", appid), zap.Error(err))
+	}
+}
+
+func (s *Source) busyKey(appid string) string { return s.cfg.Prefix + "token_busy:" + appid }
+
+// Backoff of the token API when busy: 500ms, doubling, at most 30s.
+const (
+	busyBase = 500 * time.Millisecond
+	busyMax  = 30 * time.Second
+)
+
+// backOffScript: KEYS busy; ARGV base ms, max ms. Counts one more busy
+// answer and returns the backoff in ms, on Redis's clock.
+var backOffScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local backoff = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) * 2 ^ (math.min(n, 30) - 1))
+redis.call('HSET', KEYS[1], 'until', now + backoff)
+redis.call('PEXPIRE', KEYS[1], backoff + 60000)
+return backoff`)
+
+// backingOffScript: KEYS busy. The ms left of the backoff, or 0.
+var backingOffScript = redis.NewScript(`
+local u = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if u > now then return u - now end
+return 0`)
+
+func (s *Source) backOff(ctx context.Context, appid string) (time.Duration, error) {
+	ms, err := backOffScript.Run(ctx, s.rdb, []string{s.busyKey(appid)}, busyBase.Milliseconds(), busyMax.Milliseconds()).Int64()
+	if err != nil {
+		return busyBase, fmt.Errorf("record the token API's busy answer for %s: %w", appid, err)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
+
+func (s *Source) backingOff(ctx context.Context, appid string) (time.Duration, error) {
+	ms, err := backingOffScript.Run(ctx, s.rdb, []string{s.busyKey(appid)}).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("read the token API's backoff for %s: %w", appid, err)
+	}
+	return time.Duration(ms) * time.Millisecond, nil
+}
 
 // ticketKey is ticket.Store's key of a platform's ticket.
 func ticketKey(prefix, appid string) string { return prefix + "ticket:" + appid }
@@ -180,31 +268,39 @@ func (s *Source) Token(ctx context.Context, appid string) (string, error) {
 		s.remember(appid, e, seen)
 		return e.token, nil
 	}
-	// One refresh per process at a time. The refresh runs under the first
-	// caller's context and leaves no goroutine behind; if that caller gives
-	// up, the others start a refresh of their own.
-	for tries := 1; ; tries++ {
-		ch := s.group.DoChan(appid, func() (any, error) {
-			rctx, cancel := context.WithTimeout(ctx, 2*s.cfg.Lease)
-			defer cancel()
-			return s.refresh(rctx, appid)
-		})
-		select {
-		case <-ctx.Done():
-			return "", ctx.Err()
-		case r := <-ch:
-			leaderGaveUp := errors.Is(r.Err, context.Canceled) || errors.Is(r.Err, context.DeadlineExceeded)
-			if leaderGaveUp && ctx.Err() == nil && tries < 3 {
-				continue
-			}
-			if r.Err != nil {
-				return "", r.Err
-			}
-			e := r.Val.(entry)
-			s.remember(appid, e, seen)
-			return e.token, nil
+	// One refresh per process at a time. It runs under a context of its
+	// own, bounded by the lock's lease: a caller that gives up (a canceled
+	// change, a shutdown) does not throw away a token WeChat is issuing.
+	ch := s.group.DoChan(appid, func() (any, error) {
+		s.inflight.Add(1)
+		defer s.inflight.Done()
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.Lease)
+		defer cancel()
+		s.mu.RLock()
+		seen := s.changes[appid] + s.changes[""]
+		s.mu.RUnlock()
+		e, err := s.refresh(rctx, appid)
+		return fetched{e, seen}, err
+	})
+	select {
+	case <-ctx.Done():
+		return "", ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return "", r.Err
 		}
+		f := r.Val.(fetched)
+		// Kept only if no change notice arrived since the refresh began,
+		// whoever joined it later.
+		s.remember(appid, f.e, f.seen)
+		return f.e.token, nil
 	}
+}
+
+// fetched is a refresh's result and the change count when it began.
+type fetched struct {
+	e    entry
+	seen uint64
 }
 
 // remember keeps an entry in memory unless the feed is down or a change
@@ -353,27 +449,35 @@ func (s *Source) fetch(ctx context.Context, appid string) (entry, error) {
 			return entry{}, &FetchError{AppID: appid, Err: &wechat.APIError{Code: n, Msg: msg}, TicketReceivedAt: ticket.ReceivedAt}
 		}
 	}
+	// Busy moments ago: the fleet backs off together.
+	if wait, err := s.backingOff(ctx, appid); err != nil || wait > 0 {
+		if err != nil {
+			return entry{}, err
+		}
+		return entry{}, &FetchError{AppID: appid, Err: &BusyError{RetryIn: wait}, TicketReceivedAt: ticket.ReceivedAt}
+	}
 	started := s.now()
 	ct, err := s.fetcher.FetchComponentToken(ctx, appid, secret, ticket.Value)
-	var refused *wechat.APIError
+	var (
+		refused   *wechat.APIError
+		transport *wechat.TransportError
+	)
+	if (errors.As(err, &refused) && slices.Contains(s.cfg.RetryCodes, refused.Code)) || errors.As(err, &transport) {
+		// Busy, or no answer: not a refusal. Asked again after a backoff
+		// that grows while it lasts, by one process for the fleet.
+		wait, berr := s.backOff(context.WithoutCancel(ctx), appid)
+		s.countFetch(ctx, appid, started)
+		return entry{}, &FetchError{AppID: appid, Err: errors.Join(&BusyError{RetryIn: wait, Err: err}, berr), TicketReceivedAt: ticket.ReceivedAt}
+	}
 	if errors.As(err, &refused) {
 		// Remembered only while the refused ticket is still the stored one:
 		// a ticket stored meanwhile deserves its own try.
 		_ = rememberRefusal.Run(ctx, s.rdb, []string{ticketKey(s.cfg.Prefix, appid), RefusalKey(s.cfg.Prefix, appid)},
 			ticket.ReceivedAt.UnixMilli(), strconv.Itoa(refused.Code)+"|"+refused.Msg, refusalMemory.Milliseconds()).Err()
 	}
-	// Every call counts against the token API's daily quota, even a refused one.
-	fetches := s.fetchesKey(appid, started)
-	_, cerr := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Incr(ctx, fetches)
-		p.Expire(ctx, fetches, 48*time.Hour)
-		return nil
-	})
+	s.countFetch(ctx, appid, started)
 	if err != nil {
 		return entry{}, &FetchError{AppID: appid, Err: err, TicketReceivedAt: ticket.ReceivedAt}
-	}
-	if cerr != nil {
-		s.log.Warn("could not count a token fetch", zap.String("platform", appid), zap.Error(cerr))
 	}
 	e := entry{token: ct.Token, expires: started.Add(ct.ExpiresIn), fetched: started}
 	// WeChat issued it: store it even if our caller gives up now, or the
@@ -387,6 +491,7 @@ func (s *Source) fetch(ctx context.Context, appid string) (entry, error) {
 		gen = p.HIncrBy(ctx, key, "generation", 1)
 		p.PExpireAt(ctx, key, e.expires)
 		p.Publish(ctx, s.channel(), appid)
+		p.Del(ctx, s.busyKey(appid))
 		return nil
 	})
 	if err != nil {

@@ -391,7 +391,8 @@ func (c *Client) release(ctx context.Context, rec *Record) error {
 	if !ValidAppID(rec.Platform) {
 		return nil
 	}
-	return limit.Release(ctx, c.rdb, c.cfg.Prefix, rec.Platform, rec.TaskID)
+	// The slot of an ensure-mode change's second call too (worker.secondHolder).
+	return limit.Release(ctx, c.rdb, c.cfg.Prefix, rec.Platform, rec.TaskID, rec.TaskID+"#2")
 }
 
 func (c *Client) markCanceled(ctx context.Context, taskID, why string) (*Record, error) {

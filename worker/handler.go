@@ -304,6 +304,16 @@ func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.
 			reason: fmt.Sprintf("rate limit: platform %s has a backlog of %s at %g calls/s", change.Platform, res.Wait.Round(time.Second), rate.PerSecond),
 		})
 	}
+	if change.Ensure {
+		// Two calls (a get, then the change): the second's slot is
+		// reserved now too, right behind the first, so that the change
+		// need not come back for it (and read the lists again).
+		if _, err := h.limiter.Reserve(ctx, limit.Request{
+			Platform: change.Platform, Holder: secondHolder(id), Rate: rate, MaxAhead: h.cfg.MaxDefer, Tolerance: slotTolerance,
+		}); err != nil {
+			return -1, err
+		}
+	}
 	wait := res.Wait
 	if wait > h.sleepMax() {
 		slot := time.Now().Add(wait)
@@ -347,19 +357,23 @@ func (e *SlotError) Error() string {
 	return fmt.Sprintf("rate limit: no call slot of platform %s within %s for the change's next call", e.Platform, e.Wait.Round(time.Millisecond))
 }
 
-// nextSlot takes a slot for a call after the change's first: every
-// upstream call takes its own slot, or two calls would go out on one.
-func (h *Handler) nextSlot(ctx context.Context, appid string) error {
+// secondHolder holds the slot of an ensure-mode change's second call.
+func secondHolder(id string) string { return id + "#2" }
+
+// nextSlot takes a slot for a call after the change's first (the holder's
+// own, reserved earlier, or a new one): every upstream call takes its own
+// slot, or two calls would go out on one.
+func (h *Handler) nextSlot(ctx context.Context, appid, holder string) error {
 	if h.limiter == nil {
 		return nil
 	}
 	res, err := h.limiter.Reserve(ctx, limit.Request{
-		Platform: appid, Rate: h.cfg.Rate(appid), MaxAhead: h.sleepMax(), Tolerance: slotTolerance,
+		Platform: appid, Holder: holder, Rate: h.cfg.Rate(appid), MaxAhead: h.sleepMax(), Tolerance: slotTolerance,
 	})
 	if err != nil {
 		return err
 	}
-	if !res.OK {
+	if !res.OK || res.Wait > h.sleepMax() {
 		return &SlotError{Platform: appid, Wait: res.Wait}
 	}
 	if err := sleep(ctx, res.Wait); err != nil {
@@ -375,7 +389,7 @@ func (h *Handler) release(ctx context.Context, id, appid string) error {
 	if h.limiter == nil || !tasks.ValidAppID(appid) {
 		return nil
 	}
-	return h.limiter.Release(ctx, appid, id)
+	return h.limiter.Release(ctx, appid, id, secondHolder(id))
 }
 
 // begin marks the record running and counts the attempt; it creates the
@@ -427,6 +441,10 @@ func (h *Handler) call(ctx context.Context, id string, change tasks.JumpDomainCh
 		}
 		var note string
 		if req, note, err = h.plan(change, cur); err != nil || note != "" {
+			// No second call: its slot goes to others.
+			if h.limiter != nil {
+				err = errors.Join(err, h.limiter.Release(context.WithoutCancel(ctx), change.Platform, secondHolder(id)))
+			}
 			return cur, note, err
 		}
 	}
@@ -447,10 +465,13 @@ type calls struct {
 func (c *calls) one(ctx context.Context, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
 	holder := c.id
 	if c.n > 0 {
-		if err := c.h.nextSlot(ctx, c.appid); err != nil {
+		holder = ""
+		if c.n == 1 {
+			holder = secondHolder(c.id) // reserved beside the first, for ensure mode
+		}
+		if err := c.h.nextSlot(ctx, c.appid, holder); err != nil {
 			return wechat.JumpDomains{}, err
 		}
-		holder = ""
 	}
 	c.n++
 	return c.h.modify(ctx, c.appid, holder, c.tok, req)

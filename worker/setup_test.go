@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/wxdomain/wxdomain/internal/limit"
+	"github.com/wxdomain/wxdomain/internal/metrics"
 	"github.com/wxdomain/wxdomain/internal/pause"
 	"github.com/wxdomain/wxdomain/internal/redistest"
 	"github.com/wxdomain/wxdomain/internal/token"
@@ -64,6 +65,10 @@ type setupOpts struct {
 	global limit.Rate
 	// upstream, if set, wraps the sandbox's handler (a redirecting front, say).
 	upstream func(http.Handler) http.Handler
+	// metrics, if set, count what the workers do.
+	metrics *metrics.Metrics
+	// maxDefer bounds how long a change may wait in all (default 48h).
+	maxDefer time.Duration
 }
 
 // setup runs a real asynq worker against the sandbox upstream over the
@@ -137,8 +142,9 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	limiter := limit.New(b.redis.Client, b.redis.Prefix, o.global, limit.Pacing{})
 	h := worker.NewHandler(b.store, tokens, b.wc, b.pauses, limiter, worker.Config{
 		RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute,
-		Rate: func(appid string) limit.Rate { return o.rates[appid] },
-		Lead: 100 * time.Millisecond, // the queue is polled every 50ms here
+		Rate:    func(appid string) limit.Rate { return o.rates[appid] },
+		Lead:    100 * time.Millisecond, // the queue is polled every 50ms here
+		Metrics: o.metrics, MaxDefer: o.maxDefer, BulkQueue: b.redis.Queue + "_bulk",
 	}, b.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -216,13 +216,13 @@ take(KEYS[3], KEYS[4], giv, s, holder)
 return {1, s - now}
 `)
 
-// releaseScript: KEYS the six lane keys; ARGV holder. Each lane's TAT
+// releaseScript: KEYS the six lane keys; ARGV holders. Each lane's TAT
 // falls back to just after the last slot still held, if that is earlier.
 var releaseScript = redis.NewScript(laneLua + `
 local released = 0
 for i = 1, 5, 2 do
   local key, ledger = KEYS[i], KEYS[i + 1]
-  if redis.call('ZREM', ledger, ARGV[1]) == 1 then
+  if redis.call('ZREM', ledger, unpack(ARGV)) > 0 then
     released = released + 1
     local iv = tonumber(redis.call('GET', key .. ':iv') or '0')
     local floor = now
@@ -291,17 +291,24 @@ func (l *Limiter) Reserve(ctx context.Context, req Request) (Reservation, error)
 	return Reservation{OK: res[0] == 1, Queued: res[0] == 2, Wait: time.Duration(res[1]) * time.Microsecond}, nil
 }
 
-// Release gives up the slots a holder has for a platform (a change
+// Release gives up the slots holders have for a platform (a change
 // canceled, paused or failed before its call): later changes take them.
-func (l *Limiter) Release(ctx context.Context, appid, holder string) error {
-	return Release(ctx, l.rdb, l.prefix, appid, holder)
+func (l *Limiter) Release(ctx context.Context, appid string, holders ...string) error {
+	return Release(ctx, l.rdb, l.prefix, appid, holders...)
 }
 
 // Release is Limiter.Release for callers without a limiter (a producer
 // canceling a change).
-func Release(ctx context.Context, rdb redis.UniversalClient, prefix, appid, holder string) error {
-	if err := releaseScript.Run(ctx, rdb, laneKeys(prefix, appid), holder).Err(); err != nil {
-		return fmt.Errorf("release the call slot of %s: %w", holder, err)
+func Release(ctx context.Context, rdb redis.UniversalClient, prefix, appid string, holders ...string) error {
+	if len(holders) == 0 {
+		return nil
+	}
+	args := make([]any, len(holders))
+	for i, h := range holders {
+		args[i] = h
+	}
+	if err := releaseScript.Run(ctx, rdb, laneKeys(prefix, appid), args...).Err(); err != nil {
+		return fmt.Errorf("release the call slots of %s: %w", holders[0], err)
 	}
 	return nil
 }

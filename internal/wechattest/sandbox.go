@@ -66,6 +66,10 @@ type Faults struct {
 	// TokenErrCode, when set, is answered by api_component_token (61004,
 	// 61005, 61006, 45009...).
 	TokenErrCode int `json:"token_errcode,omitempty"`
+	// TokenScript lists errcodes answered, in order, by the next calls of
+	// api_component_token (0 lets a call through), e.g. [-1] for one busy
+	// answer.
+	TokenScript []int `json:"token_script,omitempty"`
 	// Latency is added to every call of the platform.
 	Latency time.Duration `json:"latency,omitempty"`
 	// Transport lists, in order, how the next modify calls break before
@@ -305,7 +309,14 @@ func (s *Sandbox) issueToken(appid, secret, ticket string) (answer, time.Duratio
 	p := s.platformLocked(appid)
 	f := s.faultsLocked(p)
 	delay := s.latency + f.Latency
+	scripted := 0
+	if len(f.TokenScript) > 0 {
+		scripted, f.TokenScript = f.TokenScript[0], f.TokenScript[1:]
+	}
 	switch {
+	case scripted != 0:
+		call.ErrCode = scripted
+		return apiError(scripted, tokenErrMsg(scripted)), delay
 	case f.TokenErrCode != 0:
 		call.ErrCode = f.TokenErrCode
 		return apiError(f.TokenErrCode, tokenErrMsg(f.TokenErrCode)), delay

@@ -75,7 +75,7 @@ func TestTooLongAWaitReservesNothing(t *testing.T) {
 	require.True(t, r.OK)
 	assert.InDelta(t, 0.5, r.Wait.Seconds(), 0.05)
 	for i := 0; i < 3; i++ {
-		r, err = l.Reserve(ctx, limit.Request{Platform: "wx1", Rate: rate, MaxAhead: 200*time.Millisecond})
+		r, err = l.Reserve(ctx, limit.Request{Platform: "wx1", Rate: rate, MaxAhead: 200 * time.Millisecond})
 		require.NoError(t, err)
 		assert.False(t, r.OK)
 		assert.InDelta(t, 1.0, r.Wait.Seconds(), 0.05, "refusals take no slot: the wait does not grow")

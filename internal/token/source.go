@@ -271,17 +271,21 @@ func (s *Source) Token(ctx context.Context, appid string) (string, error) {
 	// One refresh per process at a time. It runs under a context of its
 	// own, bounded by the lock's lease: a caller that gives up (a canceled
 	// change, a shutdown) does not throw away a token WeChat is issuing.
-	ch := s.group.DoChan(appid, func() (any, error) {
-		s.inflight.Add(1)
+	ch := make(chan singleflight.Result, 1)
+	s.inflight.Add(1)
+	go func() {
 		defer s.inflight.Done()
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.Lease)
-		defer cancel()
-		s.mu.RLock()
-		seen := s.changes[appid] + s.changes[""]
-		s.mu.RUnlock()
-		e, err := s.refresh(rctx, appid)
-		return fetched{e, seen}, err
-	})
+		v, err, shared := s.group.Do(appid, func() (any, error) {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.Lease)
+			defer cancel()
+			s.mu.RLock()
+			seen := s.changes[appid] + s.changes[""]
+			s.mu.RUnlock()
+			e, err := s.refresh(rctx, appid)
+			return fetched{e, seen}, err
+		})
+		ch <- singleflight.Result{Val: v, Err: err, Shared: shared}
+	}()
 	select {
 	case <-ctx.Done():
 		return "", ctx.Err()

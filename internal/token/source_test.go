@@ -312,3 +312,22 @@ func BenchmarkTokenHotPath(b *testing.B) {
 		})
 	}
 }
+
+// TestCanceledLeaderKeepsTheIssuedToken: the caller that led a refresh
+// gives up (its change canceled, its worker stopping) while WeChat issues
+// the token; the token is stored anyway and nobody fetches another.
+func TestCanceledLeaderKeepsTheIssuedToken(t *testing.T) {
+	t.Parallel()
+	b := setup(t, redistest.Real)
+	b.sandbox.SetLatency(300 * time.Millisecond)
+	src := b.source(t, nil)
+	impatient, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := src.Token(impatient, app)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	src.Drain() // the refresh goes on without its caller
+	tok, err := b.source(t, nil).Token(context.Background(), app)
+	require.NoError(t, err)
+	assert.NotEmpty(t, tok)
+	assert.Equal(t, 1, b.sandbox.TokenFetches(app), "the token issued for the impatient caller was kept")
+}

@@ -193,7 +193,18 @@ func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 // shows it already ran or runs.
 func (c *Client) enqueueOnce(ctx context.Context, id string, change JumpDomainChange, queue string, opts EnqueueOptions) (*Record, error) {
 	rec := NewRecord(id, change, queue)
-	created, err := c.store.Create(ctx, rec)
+	var (
+		created bool
+		err     error
+	)
+	if rid, attempt, _, ok := ParseRolloutTaskID(id); ok && rid == change.RolloutID {
+		// A rollout's change is created only while its attempt is the
+		// rollout's and it is not canceled, in one step: a cancel or a
+		// retry knows every change the fan-out will ever queue.
+		created, err = c.store.createForRollout(ctx, rec, attempt)
+	} else {
+		created, err = c.store.Create(ctx, rec)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -393,6 +404,31 @@ func (c *Client) release(ctx context.Context, rec *Record) error {
 	}
 	// The slot of an ensure-mode change's second call too (worker.secondHolder).
 	return limit.Release(ctx, c.rdb, c.cfg.Prefix, rec.Platform, rec.TaskID, rec.TaskID+"#2")
+}
+
+// ErrRunning is returned by CancelWaiting for a change that is running.
+var ErrRunning = errors.New("the change is running")
+
+// CancelWaiting cancels a change only if it waits (queued, scheduled,
+// retrying); a running one is left to finish, and ErrRunning returned.
+// Rollouts cancel this way: "running changes finish".
+func (c *Client) CancelWaiting(ctx context.Context, taskID string) (*Record, error) {
+	rec, err := c.Get(ctx, taskID)
+	if err != nil {
+		return nil, err
+	}
+	if rec.Status.Final() {
+		return rec, ErrFinal
+	}
+	err = c.inspect.DeleteTask(rec.Queue, taskID)
+	switch {
+	case err == nil, errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
+		if err := c.release(ctx, rec); err != nil {
+			return nil, err
+		}
+		return c.markCanceled(ctx, taskID, "canceled before it ran")
+	}
+	return rec, ErrRunning
 }
 
 func (c *Client) markCanceled(ctx context.Context, taskID, why string) (*Record, error) {

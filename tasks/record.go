@@ -158,6 +158,37 @@ func (s *Store) Create(ctx context.Context, r *Record) (bool, error) {
 	return ok, nil
 }
 
+// ErrRolloutStopped is returned when a rollout's change is enqueued after
+// its rollout was canceled, failed or retried (another attempt).
+var ErrRolloutStopped = errors.New("the rollout was canceled or retried")
+
+// createIfRollout: KEYS record, rollout; ARGV record JSON, TTL ms, attempt.
+var createIfRollout = redis.NewScript(`
+local st = redis.call('HGET', KEYS[2], 'status')
+if st == 'canceled' or st == 'failed' or redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[3] then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0`)
+
+func (s *Store) createForRollout(ctx context.Context, r *Record, attempt int) (bool, error) {
+	now := s.now().UTC()
+	if r.CreatedAt.IsZero() {
+		r.CreatedAt = now
+	}
+	r.UpdatedAt = now
+	b, err := json.Marshal(r)
+	if err != nil {
+		return false, fmt.Errorf("encode record %s: %w", r.TaskID, err)
+	}
+	n, err := createIfRollout.Run(ctx, s.rdb, []string{s.key(r.TaskID), RolloutKey(s.prefix, r.RolloutID)}, b, s.ttl.Milliseconds(), attempt).Int()
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("write record %s: %w", r.TaskID, err)
+	case n < 0:
+		return false, ErrRolloutStopped
+	}
+	return n == 1, nil
+}
+
 // Delete removes a record; used only to undo a submission that never reached the queue.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	return s.rdb.Del(ctx, s.key(id)).Err()

@@ -113,6 +113,44 @@ func MoveRolloutPlatform(ctx context.Context, rdb redis.UniversalClient, prefix,
 	return nil
 }
 
+// rolloutMoveUnqueued: KEYS state, counts, rollout; ARGV status, now, then
+// pairs of appid and the key of its change's record in this attempt. A
+// platform whose record exists is left alone and returned.
+var rolloutMoveUnqueued = redis.NewScript(transitionLua + `
+local have = {}
+for i = 3, #ARGV, 2 do
+  if redis.call('EXISTS', ARGV[i + 1]) == 0 then
+    transition(KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[1], ARGV[2])
+  else
+    have[#have + 1] = ARGV[i]
+  end
+end
+return have`)
+
+// MoveUnqueuedRolloutPlatforms records a status (canceled, failed) for the
+// platforms of an attempt that have no change record, in one step per
+// batch, and returns those that have one: their change was queued, and
+// its record decides.
+func MoveUnqueuedRolloutPlatforms(ctx context.Context, rdb redis.UniversalClient, prefix, id string, attempt int, appids []string, status Status) ([]string, error) {
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	var have []string
+	for len(appids) > 0 {
+		batch := appids[:min(len(appids), 500)]
+		appids = appids[len(batch):]
+		args := []any{string(status), now}
+		for _, a := range batch {
+			args = append(args, a, prefix+"record:"+RolloutTaskID(id, attempt, a))
+		}
+		keys := []string{RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id), RolloutKey(prefix, id)}
+		got, err := rolloutMoveUnqueued.Run(ctx, rdb, keys, args...).StringSlice()
+		if err != nil {
+			return nil, fmt.Errorf("record rollout %s platforms: %w", id, err)
+		}
+		have = append(have, got...)
+	}
+	return have, nil
+}
+
 // rolloutRetry starts a new attempt over a rollout's failed and canceled
 // platforms, in one step: KEYS rollout, state, counts. Returns {n, attempt}:
 // n platforms reset to queued for the attempt; 0 when none failed; -1 when

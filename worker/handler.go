@@ -300,7 +300,7 @@ func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.
 		})
 	case !res.OK: // the backlog is longer than a change may wait in all
 		return -1, h.deferTask(ctx, id, queue, change, deferral{
-			until:  time.Now().Add(res.Wait / 2),
+			until: time.Now().Add(res.Wait / 2), earliest: time.Now().Add(res.Wait),
 			reason: fmt.Sprintf("rate limit: platform %s has a backlog of %s at %g calls/s", change.Platform, res.Wait.Round(time.Second), rate.PerSecond),
 		})
 	}
@@ -736,6 +736,13 @@ func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decisi
 	})
 }
 
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
 // chinaTime is UTC+8, where WeChat's daily quotas reset at midnight.
 var chinaTime = time.FixedZone("UTC+8", 8*3600)
 
@@ -755,6 +762,9 @@ type deferral struct {
 	resumable bool
 	// slot is the call slot reserved for the change, kept across the deferral.
 	slot *time.Time
+	// earliest, when later than until, is the soonest the change could
+	// run: past MaxDefer, it fails now.
+	earliest time.Time
 }
 
 // kind names the deferral for metrics.
@@ -801,10 +811,10 @@ func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.
 		case r.CancelRequested:
 			r.Status, r.Error = tasks.StatusCanceled, "canceled while waiting: "+d.reason
 			return nil
-		case until.Sub(r.CreatedAt) > h.cfg.MaxDefer:
+		case latest(until, d.earliest).Sub(r.CreatedAt) > h.cfg.MaxDefer:
 			// Failed now rather than after waiting: it could not run in time.
 			r.Status = tasks.StatusFailed
-			r.Error = fmt.Sprintf("would wait until %s, longer than %s in all; %s", until.Format(time.RFC3339), h.cfg.MaxDefer, d.reason)
+			r.Error = fmt.Sprintf("would wait until %s, longer than %s in all; %s", latest(until, d.earliest).UTC().Format(time.RFC3339), h.cfg.MaxDefer, d.reason)
 			return nil
 		}
 		if d.undoAttempt && r.Attempts > 0 {

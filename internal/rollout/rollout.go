@@ -372,13 +372,20 @@ func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 		if err != nil {
 			return err
 		}
-		for _, appid := range batch {
+		queued := len(batch)
+	batch:
+		for i, appid := range batch {
 			c := change
 			c.Platform = appid
 			id := TaskID(r.ID, p.Attempt, appid)
 			_, err := s.client.Enqueue(ctx, c, tasks.EnqueueOptions{TaskID: id, Queue: s.cfg.BulkQueue})
 			var ve *tasks.ValidationError
 			switch {
+			case errors.Is(err, tasks.ErrRolloutStopped):
+				// Canceled or retried meanwhile: the cursor stops before
+				// this platform, so that it is recorded as never queued.
+				queued = i
+				break batch
 			case errors.As(err, &ve):
 				if err := s.failPlatform(ctx, r.ID, id, c, "could not be queued: "+ve.Error()); err != nil {
 					return err
@@ -389,11 +396,11 @@ func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 		}
 		// KEEPTTL: the rollout may have finished, and its keys begun to
 		// expire, while this batch was queued.
-		if err := s.rdb.SetArgs(ctx, s.cursorKey(r.ID, p.Attempt), done+int64(len(batch)), redis.SetArgs{KeepTTL: true}).Err(); err != nil {
+		if err := s.rdb.SetArgs(ctx, s.cursorKey(r.ID, p.Attempt), done+int64(queued), redis.SetArgs{KeepTTL: true}).Err(); err != nil {
 			return err
 		}
 		if s.fanning != nil {
-			s.fanning(r.ID, p.Attempt, int(done)+len(batch), int(total))
+			s.fanning(r.ID, p.Attempt, int(done)+queued, int(total))
 		}
 	}
 	// Changes may all have finished while the last batch was queued.
@@ -421,6 +428,9 @@ func (s *Service) failUnqueued(ctx context.Context, id string, attempt int, why 
 	}
 	return s.moveUnqueued(ctx, id, attempt, tasks.StatusFailed)
 }
+
+// errLeave aborts a record update that has nothing to do.
+var errLeave = errors.New("left as it is")
 
 // markFailed: a rollout fanning out an attempt (ARGV[2]) fails with a
 // reason (ARGV[1]).
@@ -453,9 +463,31 @@ func (s *Service) moveUnqueued(ctx context.Context, id string, attempt int, stat
 	if err != nil {
 		return err
 	}
-	for _, appid := range rest {
-		if err := tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, id, appid, status); err != nil {
-			return err
+	queued, err := tasks.MoveUnqueuedRolloutPlatforms(ctx, s.rdb, s.cfg.Prefix, id, attempt, rest, status)
+	if err != nil {
+		return err
+	}
+	// Records the fan-out wrote before it stopped: a change that has not
+	// run is ended now (its task, if queued, then finds it final); one
+	// that runs finishes.
+	why := "its rollout was canceled before it ran"
+	if status == tasks.StatusFailed {
+		why = "its rollout's fan-out failed before it ran"
+	}
+	for _, appid := range queued {
+		_, err := s.client.Store().Update(ctx, TaskID(id, attempt, appid), func(r *tasks.Record) error {
+			if r.Status != tasks.StatusQueued {
+				return errLeave
+			}
+			r.Status, r.Error = status, why
+			return nil
+		})
+		if err != nil && !errors.Is(err, errLeave) && !errors.Is(err, tasks.ErrFinal) && !errors.Is(err, tasks.ErrTaskNotFound) {
+			// The record cannot be read: the platform is recorded all the
+			// same, or the rollout would never finish.
+			if err := tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, id, appid, status); err != nil {
+				return err
+			}
 		}
 	}
 	// KEEPTTL: the last move may have finished the rollout and begun its expiry.
@@ -605,11 +637,13 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Rollout, error) {
 			if st != tasks.StatusQueued && st != tasks.StatusRetrying {
 				continue
 			}
-			_, err := s.client.Cancel(ctx, TaskID(id, r.Attempt, kv[i]))
+			// Only what waits: a change already running finishes, and
+			// its platform is not run again by a retry.
+			_, err := s.client.CancelWaiting(ctx, TaskID(id, r.Attempt, kv[i]))
 			switch {
 			case errors.Is(err, tasks.ErrTaskNotFound):
 				// Not fanned out yet: the fan-out records it when it stops.
-			case err != nil && !errors.Is(err, tasks.ErrFinal):
+			case err != nil && !errors.Is(err, tasks.ErrFinal) && !errors.Is(err, tasks.ErrRunning):
 				return nil, err
 			}
 		}

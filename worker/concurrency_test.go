@@ -44,19 +44,6 @@ func sortTimes(ts []time.Time) []time.Time {
 	return ts
 }
 
-func statuses(b *testBundle, ids []string) map[string]int {
-	out := map[string]int{}
-	for _, id := range ids {
-		r, err := b.client.Get(context.Background(), id)
-		if err != nil {
-			out["error"]++
-			continue
-		}
-		out[string(r.Status)+": "+r.Error]++
-	}
-	return out
-}
-
 // waitAll waits for the final records of the given changes.
 func waitAll(t *testing.T, b *testBundle, ids []string, d time.Duration) []*tasks.Record {
 	t.Helper()

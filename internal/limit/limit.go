@@ -92,7 +92,6 @@ func New(rdb redis.UniversalClient, prefix string, global Rate, pacing Pacing) *
 	return &Limiter{rdb: rdb, prefix: prefix, global: global, pacing: pacing.withDefaults()}
 }
 
-func (l *Limiter) tatKey(appid string) string    { return tatKey(l.prefix, appid) }
 func (l *Limiter) factorKey(appid string) string { return l.prefix + "limit_factor:" + appid }
 func (l *Limiter) windowKey(appid string) string { return l.prefix + "limit_busy:" + appid }
 

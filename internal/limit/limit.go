@@ -159,7 +159,13 @@ local maxahead, holder, bulk = tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
 local horizon, tol = tonumber(ARGV[8]), tonumber(ARGV[9])
 -- A place in the bulk line is a turn, not a slot: it is kept a minute
 -- past its time for a task that comes back late.
-local lanes = {{KEYS[1], KEYS[2], piv, pburst, tol}, {KEYS[3], KEYS[4], giv, gburst, tol}, {KEYS[5], KEYS[6], giv, gburst, 60000000}}
+-- A slot is the holder's a little past its time, at most a quarter of the
+-- lane's interval, so that a late call cannot bunch with the next one.
+local function ltol(iv)
+  if iv > 0 then return math.min(tol, iv / 4) end
+  return tol
+end
+local lanes = {{KEYS[1], KEYS[2], piv, pburst, ltol(piv)}, {KEYS[3], KEYS[4], giv, gburst, ltol(giv)}, {KEYS[5], KEYS[6], giv, gburst, 60000000}}
 -- Slots long past are forgotten; one held a little while is still the
 -- holder's, for a task that comes back a moment late.
 for _, l in ipairs(lanes) do

@@ -189,6 +189,41 @@ func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 	return rec, nil
 }
 
+// EnqueueRollout queues the changes of a rollout attempt (the fan-out's
+// batch): each is validated (its error, if any, is returned in place and
+// nothing is queued for it), then the records of the valid ones are created
+// in one step, only while the attempt is the rollout's and it is not
+// canceled (else ErrRolloutStopped and nothing is queued), then their
+// tasks queued. Running it again for the same changes queues nothing twice.
+func (c *Client) EnqueueRollout(ctx context.Context, rollout string, attempt int, changes []JumpDomainChange, queue string) ([]error, error) {
+	problems := make([]error, len(changes))
+	var recs []*Record
+	for i := range changes {
+		ch := changes[i]
+		ch.RolloutID = rollout
+		if err := ch.ValidateWith(c.cfg.Rules); err != nil {
+			problems[i] = err
+			continue
+		}
+		recs = append(recs, NewRecord(RolloutTaskID(rollout, attempt, ch.Platform), ch, queue))
+	}
+	if len(recs) == 0 {
+		return problems, nil
+	}
+	if _, err := c.store.createForRollout(ctx, rollout, attempt, recs); err != nil {
+		return nil, err
+	}
+	// A record there already is queued again: a fan-out that stopped
+	// between a record and its task repairs it (asynq refuses a second
+	// task with the same id; a change that ran finds its record final).
+	for _, rec := range recs {
+		if err := c.enqueueTask(ctx, rec, EnqueueOptions{}); err != nil {
+			return nil, err
+		}
+	}
+	return problems, nil
+}
+
 // enqueueOnce queues a change under a given id unless a record with that id
 // shows it already ran or runs.
 func (c *Client) enqueueOnce(ctx context.Context, id string, change JumpDomainChange, queue string, opts EnqueueOptions) (*Record, error) {
@@ -201,7 +236,10 @@ func (c *Client) enqueueOnce(ctx context.Context, id string, change JumpDomainCh
 		// A rollout's change is created only while its attempt is the
 		// rollout's and it is not canceled, in one step: a cancel or a
 		// retry knows every change the fan-out will ever queue.
-		created, err = c.store.createForRollout(ctx, rec, attempt)
+		var done []bool
+		if done, err = c.store.createForRollout(ctx, rid, attempt, []*Record{rec}); err == nil {
+			created = done[0]
+		}
 	} else {
 		created, err = c.store.Create(ctx, rec)
 	}

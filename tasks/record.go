@@ -162,31 +162,55 @@ func (s *Store) Create(ctx context.Context, r *Record) (bool, error) {
 // its rollout was canceled, failed or retried (another attempt).
 var ErrRolloutStopped = errors.New("the rollout was canceled or retried")
 
-// createIfRollout: KEYS record, rollout; ARGV record JSON, TTL ms, attempt.
+// createIfRollout: KEYS rollout, then the records; ARGV attempt, TTL ms,
+// then each record's JSON. The records are created (those not there yet)
+// only while the attempt is the rollout's and it is neither canceled nor
+// failed: -1 if not; else a 1 (created) or 0 (there already) per record.
 var createIfRollout = redis.NewScript(`
-local st = redis.call('HGET', KEYS[2], 'status')
-if st == 'canceled' or st == 'failed' or redis.call('HGET', KEYS[2], 'attempt') ~= ARGV[3] then return -1 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return 0`)
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'canceled' or st == 'failed' or redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return -1 end
+local out = {}
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[i + 1], 'NX', 'PX', ARGV[2]) then out[#out + 1] = 1 else out[#out + 1] = 0 end
+end
+return out`)
 
-func (s *Store) createForRollout(ctx context.Context, r *Record, attempt int) (bool, error) {
+// createForRollout creates the records of a rollout attempt's changes in
+// one step, unless the attempt is no longer current or the rollout was
+// canceled (ErrRolloutStopped, and nothing is created). It reports which
+// it created.
+func (s *Store) createForRollout(ctx context.Context, rollout string, attempt int, recs []*Record) ([]bool, error) {
 	now := s.now().UTC()
-	if r.CreatedAt.IsZero() {
-		r.CreatedAt = now
+	keys := make([]string, 0, len(recs)+1)
+	args := make([]any, 0, len(recs)+2)
+	keys = append(keys, RolloutKey(s.prefix, rollout))
+	args = append(args, attempt, s.ttl.Milliseconds())
+	for _, r := range recs {
+		if r.CreatedAt.IsZero() {
+			r.CreatedAt = now
+		}
+		r.UpdatedAt = now
+		b, err := json.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("encode record %s: %w", r.TaskID, err)
+		}
+		keys = append(keys, s.key(r.TaskID))
+		args = append(args, b)
 	}
-	r.UpdatedAt = now
-	b, err := json.Marshal(r)
+	res, err := createIfRollout.Run(ctx, s.rdb, keys, args...).Result()
 	if err != nil {
-		return false, fmt.Errorf("encode record %s: %w", r.TaskID, err)
+		return nil, fmt.Errorf("write the records of rollout %s: %w", rollout, err)
 	}
-	n, err := createIfRollout.Run(ctx, s.rdb, []string{s.key(r.TaskID), RolloutKey(s.prefix, r.RolloutID)}, b, s.ttl.Milliseconds(), attempt).Int()
-	switch {
-	case err != nil:
-		return false, fmt.Errorf("write record %s: %w", r.TaskID, err)
-	case n < 0:
-		return false, ErrRolloutStopped
+	list, ok := res.([]any)
+	if !ok {
+		return nil, ErrRolloutStopped
 	}
-	return n == 1, nil
+	created := make([]bool, len(recs))
+	for i := range created {
+		n, _ := list[i].(int64)
+		created[i] = n == 1
+	}
+	return created, nil
 }
 
 // Delete removes a record; used only to undo a submission that never reached the queue.

@@ -213,7 +213,7 @@ func TestRetriedRolloutNeverRunsAnOldAttempt(t *testing.T) {
 	t.Cleanup(func() { _ = svc.Close() })
 	b.opts.handlers = map[string]asynq.Handler{rollout.TypeFanout: svc}
 	b.sandbox.SetLatency(20 * time.Millisecond)
-	b.redis.Client.AddHook(slowRecordCreation{}) // the fan-out takes about a second
+	b.redis.Client.AddHook(slowEnqueue{prefix: "asynq:{" + b.redis.Queue + "_bulk}:t:"}) // the fan-out takes about a second
 	for i := 0; i < 2; i++ {
 		b.startWorker(t)
 	}
@@ -238,20 +238,20 @@ func TestRetriedRolloutNeverRunsAnOldAttempt(t *testing.T) {
 	assert.Zero(t, twice, "platforms called twice")
 }
 
-// slowRecordCreation delays the creation of records (SET NX), which the
-// fan-out does once per platform.
-type slowRecordCreation struct{}
+// slowEnqueue delays asynq's enqueue of tasks whose key has a prefix.
+type slowEnqueue struct{ prefix string }
 
-func (slowRecordCreation) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (slowRecordCreation) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (slowEnqueue) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h slowEnqueue) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if strings.EqualFold(cmd.Name(), "set") && len(cmd.Args()) > 3 && fmt.Sprint(cmd.Args()[len(cmd.Args())-1]) == "nx" {
+		args := cmd.Args()
+		if n := strings.ToLower(cmd.Name()); (n == "evalsha" || n == "eval") && len(args) > 3 && strings.HasPrefix(fmt.Sprint(args[3]), h.prefix) {
 			time.Sleep(3 * time.Millisecond)
 		}
 		return next(ctx, cmd)
 	}
 }
-func (slowRecordCreation) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (slowEnqueue) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
 

@@ -61,6 +61,10 @@ type Config struct {
 	// BulkQueue is the queue of bulk work: under the global limit, it
 	// never takes a slot a single change could have had.
 	BulkQueue string
+	// Concurrency bounds the changes working at once (from their start
+	// to their record), apart from those waiting for their call slot;
+	// 0 for no bound (the asynq server's own).
+	Concurrency int
 }
 
 // RetryError asks asynq to run the task again after Delay (read by
@@ -104,6 +108,8 @@ type Handler struct {
 	limiter  *limit.Limiter
 	cfg      Config
 	log      *zap.Logger
+	// working holds a place per change working (Config.Concurrency).
+	working chan struct{}
 }
 
 // NewHandler returns a handler. limiter may be nil (no rate limits).
@@ -138,7 +144,11 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pa
 	if cfg.Rate == nil {
 		cfg.Rate = func(string) limit.Rate { return limit.Rate{} }
 	}
-	return &Handler{store: store, tokens: tokens, upstream: upstream, pauses: pauses, limiter: limiter, cfg: cfg, log: log}
+	h := &Handler{store: store, tokens: tokens, upstream: upstream, pauses: pauses, limiter: limiter, cfg: cfg, log: log}
+	if cfg.Concurrency > 0 {
+		h.working = make(chan struct{}, cfg.Concurrency)
+	}
+	return h
 }
 
 // ProcessTask implements asynq.Handler.
@@ -192,13 +202,32 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if waited < 0 || err != nil {
 		return err
 	}
+	if h.working != nil {
+		select {
+		case h.working <- struct{}{}:
+		default:
+			// Every place of work taken: wait for one. A rollout canceled
+			// or a platform paused meanwhile is seen below.
+			waited = max(waited, time.Nanosecond)
+			select {
+			case h.working <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		defer func() { <-h.working }()
+	}
 	if waited > 0 {
-		// The platform may have been paused while this task slept.
+		if change.RolloutID != "" {
+			if stop, err := h.rolloutStopped(ctx, id, queue, change); stop || err != nil {
+				return err
+			}
+		}
+		// The platform may have been paused while this task waited.
 		if paused, err := h.checkPause(ctx, id, queue, change); paused || err != nil {
 			return err
 		}
 	}
-
 	rec, err := h.begin(ctx, id, queue, change)
 	switch {
 	case errors.Is(err, tasks.ErrFinal):

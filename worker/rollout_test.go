@@ -2,11 +2,14 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -265,20 +268,39 @@ func TestFanoutThatCannotFinishFailsTheRollout(t *testing.T) {
 	b.opts.handlers = map[string]asynq.Handler{rollout.TypeFanout: svc}
 	r, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.com"}, Platforms: platforms})
 	require.NoError(t, err)
-	// The first change's record key holds a hash: every fan-out try fails.
-	record := b.redis.Prefix + "record:" + rollout.TaskID(r.ID, 0, platforms[0])
-	require.NoError(t, b.redis.Client.HSet(ctx, record, "x", "y").Err())
+	// Redis refuses every task queued on the bulk queue: every try fails.
+	b.redis.Client.AddHook(refuseEnqueue{prefix: "asynq:{" + b.redis.Queue + "_bulk}:t:"})
 	b.startWorker(t)
 	r = waitRollout(t, svc, r.ID)
 	assert.Equal(t, rollout.StatusFailed, r.Status)
 	assert.Contains(t, r.Error, "the fan-out gave up after 11 tries")
-	assert.Contains(t, r.Error, "WRONGTYPE")
+	assert.Contains(t, r.Error, "OOM command not allowed")
 	assert.Equal(t, rollout.Counts{Failed: 4}, r.Counts)
 	failed, _, err := svc.Tasks(ctx, r.ID, tasks.StatusFailed, "", 100)
 	require.NoError(t, err)
 	require.Len(t, failed, 4)
 	assert.Contains(t, failed[0].Error, "gave up")
 	assert.Zero(t, modifyCalls(b.sandbox))
+}
+
+// refuseEnqueue fails asynq's enqueue of tasks whose key has a prefix, as
+// a Redis out of memory would.
+type refuseEnqueue struct{ prefix string }
+
+func (refuseEnqueue) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h refuseEnqueue) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		args := cmd.Args()
+		if n := strings.ToLower(cmd.Name()); (n == "evalsha" || n == "eval") && len(args) > 3 && strings.HasPrefix(fmt.Sprint(args[3]), h.prefix) {
+			err := errors.New("OOM command not allowed when used memory > 'maxmemory'")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (refuseEnqueue) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
 
 // TestFinishedRolloutsExpire: a finished rollout's keys expire after the

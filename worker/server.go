@@ -15,7 +15,12 @@ import (
 
 // ServerConfig configures the asynq server.
 type ServerConfig struct {
+	// Concurrency is how many changes work at once (set the handler's
+	// Config.Concurrency alike).
 	Concurrency int
+	// Waiting is how many more may wait in the worker for their call slot
+	// (at most about a second each).
+	Waiting int
 	// Queues and their priorities; default {tasks.QueueDefault: 1}.
 	Queues map[string]int
 	// ShutdownTimeout is how long in-flight tasks may finish on shutdown
@@ -63,7 +68,12 @@ func NewServer(rdb redis.UniversalClient, cfg ServerConfig, h *Handler, log *zap
 		level = asynq.DebugLevel
 	}
 	return asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency: cfg.Concurrency,
+		// A task within a second of its call slot sleeps for it (asynq
+		// schedules to the whole second), and the sleepers of a throttled
+		// platform must not take the places of the others' work: the
+		// server takes that many more tasks, and the handler bounds the
+		// work itself (Config.Concurrency).
+		Concurrency: max(cfg.Concurrency, 1) + max(cfg.Waiting, 0),
 		Queues:      queuesOf(cfg),
 		// Single changes go before bulk work whenever both wait.
 		StrictPriority:           true,

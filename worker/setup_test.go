@@ -144,7 +144,7 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 		RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute,
 		Rate:    func(appid string) limit.Rate { return o.rates[appid] },
 		Lead:    100 * time.Millisecond, // the queue is polled every 50ms here
-		Metrics: o.metrics, MaxDefer: o.maxDefer, BulkQueue: b.redis.Queue + "_bulk",
+		Metrics: o.metrics, MaxDefer: o.maxDefer, BulkQueue: b.redis.Queue + "_bulk", Concurrency: o.concurrency,
 	}, b.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -155,7 +155,7 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	}()
 	go func() {
 		done <- worker.Run(wctx, b.redis.Client, worker.ServerConfig{
-			Concurrency: o.concurrency, Queues: map[string]int{b.redis.Queue: 2, b.redis.Queue + "_bulk": 1},
+			Concurrency: o.concurrency, Waiting: 100, Queues: map[string]int{b.redis.Queue: 2, b.redis.Queue + "_bulk": 1},
 			ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond, Handlers: b.opts.handlers,
 		}, h, b.log)
 	}()

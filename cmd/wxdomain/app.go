@@ -282,10 +282,11 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 		Policy: policy,
 		Rate:   platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,
 		// Deferred tasks come back once the queue's poller sees them due.
-		Lead:       cfg.PollInterval + 100*time.Millisecond,
-		Metrics:    m,
-		MaxDomains: cfg.MaxDomains,
-		BulkQueue:  cfg.BulkQueue,
+		Lead:        cfg.PollInterval + 100*time.Millisecond,
+		Metrics:     m,
+		MaxDomains:  cfg.MaxDomains,
+		BulkQueue:   cfg.BulkQueue,
+		Concurrency: cfg.Concurrency,
 	}, log)
 	svc, _ := rolloutService(rdb, cfg, platforms)
 	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, rollouts: svc, log: log}, nil
@@ -322,6 +323,7 @@ func platformRates(cfg config.Config, platforms *config.Platforms) func(string) 
 func serverConfig(cfg config.Config) worker.ServerConfig {
 	return worker.ServerConfig{
 		Concurrency:     cfg.Concurrency,
+		Waiting:         cfg.Waiting,
 		Queues:          map[string]int{cfg.Queue: 2, cfg.BulkQueue: 1},
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		PollInterval:    cfg.PollInterval,

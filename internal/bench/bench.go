@@ -170,6 +170,7 @@ func (e *env) startWorkerWith(concurrency int, rate func(string) limit.Rate, glo
 	}
 	h := worker.NewHandler(tasks.NewStore(e.rdb, e.prefix, time.Hour), tokens, e.wc, pause.NewStore(e.rdb, e.prefix), limiter, worker.Config{
 		RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, MaxAttempts: 20, Rate: rate, Lead: 100 * time.Millisecond,
+		Concurrency: concurrency, // the same work at once as raw asynq's
 	}, log)
 	ctx, cancel := context.WithCancel(e.ctx)
 	var wg sync.WaitGroup
@@ -178,7 +179,7 @@ func (e *env) startWorkerWith(concurrency int, rate func(string) limit.Rate, glo
 	go func() {
 		defer wg.Done()
 		_ = worker.Run(ctx, e.rdb, worker.ServerConfig{
-			Concurrency: concurrency, Queues: map[string]int{e.queue: 1}, ShutdownTimeout: 10 * time.Second, PollInterval: 20 * time.Millisecond,
+			Concurrency: concurrency, Waiting: 100, Queues: map[string]int{e.queue: 1}, ShutdownTimeout: 10 * time.Second, PollInterval: 20 * time.Millisecond,
 			Handlers: handlers,
 		}, h, log)
 	}()

@@ -23,6 +23,7 @@ type Config struct {
 	WeChatBaseURL   string
 	PlatformsFile   string
 	Concurrency     int
+	Waiting         int
 	RetryBase       time.Duration
 	RetryMax        time.Duration
 	MaxAttempts     int
@@ -79,6 +80,7 @@ func Default() Config {
 		RedisURL:        "redis://127.0.0.1:6379/0",
 		WeChatBaseURL:   wechat.DefaultBaseURL,
 		Concurrency:     20,
+		Waiting:         100,
 		RetryBase:       2 * time.Second,
 		RetryMax:        10 * time.Minute,
 		MaxAttempts:     12,
@@ -130,6 +132,7 @@ var Settings = []Setting{
 	{"WXDOMAIN_WECHAT_BASE_URL", func(c *Config, v string) error { c.WeChatBaseURL = v; return checkHTTPURL(v) }},
 	{"WXDOMAIN_PLATFORMS_FILE", func(c *Config, v string) error { c.PlatformsFile = v; return nil }},
 	{"WXDOMAIN_CONCURRENCY", intSetting(func(c *Config) *int { return &c.Concurrency }, 1, 10000)},
+	{"WXDOMAIN_WAITING", intSetting(func(c *Config) *int { return &c.Waiting }, 0, 100000)},
 	{"WXDOMAIN_RETRY_BASE", durationSetting(func(c *Config) *time.Duration { return &c.RetryBase }, time.Millisecond)},
 	{"WXDOMAIN_RETRY_MAX", durationSetting(func(c *Config) *time.Duration { return &c.RetryMax }, time.Millisecond)},
 	{"WXDOMAIN_MAX_ATTEMPTS", intSetting(func(c *Config) *int { return &c.MaxAttempts }, 1, 100)},

@@ -357,7 +357,7 @@ func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 		}
 		switch status {
 		case StatusCanceled:
-			return s.moveUnqueued(ctx, r.ID, p.Attempt, tasks.StatusCanceled)
+			return s.moveUnqueued(ctx, r.ID, p.Attempt, tasks.StatusCanceled, "its rollout was canceled before it ran")
 		case StatusFailed:
 			return nil
 		}
@@ -372,26 +372,26 @@ func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 		if err != nil {
 			return err
 		}
-		queued := len(batch)
-	batch:
+		changes := make([]tasks.JumpDomainChange, len(batch))
 		for i, appid := range batch {
-			c := change
-			c.Platform = appid
-			id := TaskID(r.ID, p.Attempt, appid)
-			_, err := s.client.Enqueue(ctx, c, tasks.EnqueueOptions{TaskID: id, Queue: s.cfg.BulkQueue})
-			var ve *tasks.ValidationError
-			switch {
-			case errors.Is(err, tasks.ErrRolloutStopped):
-				// Canceled or retried meanwhile: the cursor stops before
-				// this platform, so that it is recorded as never queued.
-				queued = i
-				break batch
-			case errors.As(err, &ve):
-				if err := s.failPlatform(ctx, r.ID, id, c, "could not be queued: "+ve.Error()); err != nil {
+			changes[i] = change
+			changes[i].Platform = appid
+		}
+		queued := len(batch)
+		problems, err := s.client.EnqueueRollout(ctx, r.ID, p.Attempt, changes, s.cfg.BulkQueue)
+		switch {
+		case errors.Is(err, tasks.ErrRolloutStopped):
+			// Canceled or retried meanwhile: the cursor stays before this
+			// batch, whose platforms are recorded as never queued.
+			queued = 0
+		case err != nil:
+			return err
+		}
+		for i, perr := range problems {
+			if perr != nil {
+				if err := s.failPlatform(ctx, r.ID, TaskID(r.ID, p.Attempt, changes[i].Platform), changes[i], "could not be queued: "+perr.Error()); err != nil {
 					return err
 				}
-			case err != nil:
-				return err
 			}
 		}
 		// KEEPTTL: the rollout may have finished, and its keys begun to
@@ -426,7 +426,7 @@ func (s *Service) failUnqueued(ctx context.Context, id string, attempt int, why 
 	if err != nil || ok == 0 {
 		return err // canceled or gone meanwhile
 	}
-	return s.moveUnqueued(ctx, id, attempt, tasks.StatusFailed)
+	return s.moveUnqueued(ctx, id, attempt, tasks.StatusFailed, why)
 }
 
 // errLeave aborts a record update that has nothing to do.
@@ -454,7 +454,7 @@ return 1`)
 
 // moveUnqueued records the platforms a stopped fan-out never queued as
 // canceled (the rollout was canceled) or failed (the fan-out failed).
-func (s *Service) moveUnqueued(ctx context.Context, id string, attempt int, status tasks.Status) error {
+func (s *Service) moveUnqueued(ctx context.Context, id string, attempt int, status tasks.Status, why string) error {
 	done, err := s.rdb.Get(ctx, s.cursorKey(id, attempt)).Int64()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return err
@@ -470,10 +470,6 @@ func (s *Service) moveUnqueued(ctx context.Context, id string, attempt int, stat
 	// Records the fan-out wrote before it stopped: a change that has not
 	// run is ended now (its task, if queued, then finds it final); one
 	// that runs finishes.
-	why := "its rollout was canceled before it ran"
-	if status == tasks.StatusFailed {
-		why = "its rollout's fan-out failed before it ran"
-	}
 	for _, appid := range queued {
 		_, err := s.client.Store().Update(ctx, TaskID(id, attempt, appid), func(r *tasks.Record) error {
 			if r.Status != tasks.StatusQueued {
@@ -652,7 +648,7 @@ func (s *Service) Cancel(ctx context.Context, id string) (*Rollout, error) {
 		}
 	}
 	// If the fan-out already finished, nothing else will record the rest.
-	if err := s.moveUnqueued(ctx, id, r.Attempt, tasks.StatusCanceled); err != nil {
+	if err := s.moveUnqueued(ctx, id, r.Attempt, tasks.StatusCanceled, "its rollout was canceled before it ran"); err != nil {
 		return nil, err
 	}
 	return s.Get(ctx, id)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -110,7 +111,19 @@ type Handler struct {
 	log      *zap.Logger
 	// working holds a place per change working (Config.Concurrency).
 	working chan struct{}
+	// stopping is closed when the worker stops: changes that wait (for
+	// their call slot, for a place of work) go back to the queue at once
+	// instead of starting work that the shutdown would cut.
+	stopping chan struct{}
+	stopOnce sync.Once
 }
+
+// Stop tells the handler that the worker is stopping.
+func (h *Handler) Stop() { h.stopOnce.Do(func() { close(h.stopping) }) }
+
+// errStopping hands a waiting change back to the queue, at once and
+// without an attempt, when the worker stops.
+var errStopping = &DeferError{Reason: "the worker is stopping; another runs it"}
 
 // NewHandler returns a handler. limiter may be nil (no rate limits).
 func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pause.Store, limiter *limit.Limiter, cfg Config, log *zap.Logger) *Handler {
@@ -144,7 +157,7 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pa
 	if cfg.Rate == nil {
 		cfg.Rate = func(string) limit.Rate { return limit.Rate{} }
 	}
-	h := &Handler{store: store, tokens: tokens, upstream: upstream, pauses: pauses, limiter: limiter, cfg: cfg, log: log}
+	h := &Handler{store: store, tokens: tokens, upstream: upstream, pauses: pauses, limiter: limiter, cfg: cfg, log: log, stopping: make(chan struct{})}
 	if cfg.Concurrency > 0 {
 		h.working = make(chan struct{}, cfg.Concurrency)
 	}
@@ -211,6 +224,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			waited = max(waited, time.Nanosecond)
 			select {
 			case h.working <- struct{}{}:
+			case <-h.stopping:
+				return errStopping
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -352,14 +367,16 @@ func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.
 			reason: fmt.Sprintf("rate limit: call slot of platform %s (%g calls/s) reserved for %s", change.Platform, rate.PerSecond, slot.UTC().Format(time.RFC3339Nano)),
 		})
 	}
-	if err := sleep(ctx, wait); err != nil {
+	if err := h.sleep(ctx, wait); err != nil {
 		return -1, err
 	}
 	h.cfg.Metrics.LimiterWait(wait)
 	return wait, nil
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
+// sleep waits, unless the task's context ends or the worker stops (the
+// task then goes back to the queue, keeping its slot).
+func (h *Handler) sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}
@@ -368,6 +385,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-h.stopping:
+		return errStopping
 	case <-t.C:
 		return nil
 	}
@@ -405,11 +424,26 @@ func (h *Handler) nextSlot(ctx context.Context, appid, holder string) error {
 	if !res.OK || res.Wait > h.sleepMax() {
 		return &SlotError{Platform: appid, Wait: res.Wait}
 	}
-	if err := sleep(ctx, res.Wait); err != nil {
+	if err := sleepCtx(ctx, res.Wait); err != nil {
 		return err
 	}
 	h.cfg.Metrics.LimiterWait(res.Wait)
 	return nil
+}
+
+// sleepCtx waits d, or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // release gives back the call slot a change holds (it was canceled, paused

@@ -49,6 +49,7 @@ func Run(ctx context.Context, rdb redis.UniversalClient, cfg ServerConfig, h *Ha
 	log.Info("worker started", zap.Int("concurrency", cfg.Concurrency), zap.Any("queues", queuesOf(cfg)))
 	<-ctx.Done()
 	log.Info("worker stopping", zap.Duration("shutdown_timeout", cfg.ShutdownTimeout))
+	h.Stop() // changes still waiting go back to the queue now
 	srv.Shutdown()
 	log.Info("worker stopped")
 	return nil

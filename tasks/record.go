@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -225,6 +226,20 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 // changed: fn is not called and the current record is returned with
 // ErrFinal. fn may return an error to abort without writing.
 func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (*Record, error) {
+	return s.update(ctx, id, "", fn)
+}
+
+// ErrRolloutChanged is returned by UpdateIfRollout when the record's
+// rollout is no longer in the status the update depends on.
+var ErrRolloutChanged = errors.New("the rollout's status changed")
+
+// UpdateIfRollout is Update, done only while the record's rollout is in a
+// status (canceled, say), in the same step; else ErrRolloutChanged.
+func (s *Store) UpdateIfRollout(ctx context.Context, id, rolloutStatus string, fn func(*Record) error) (*Record, error) {
+	return s.update(ctx, id, rolloutStatus, fn)
+}
+
+func (s *Store) update(ctx context.Context, id, rolloutStatus string, fn func(*Record) error) (*Record, error) {
 	key := s.key(id)
 	for i := 0; i < 50; i++ {
 		b, err := s.rdb.Get(ctx, key).Bytes()
@@ -258,17 +273,23 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (
 			return &r, fmt.Errorf("encode record %s: %w", id, err)
 		}
 		keys := []string{key, key, key, key} // unused outside rollouts
-		appid := ""
+		appid, attempt := "", ""
 		if r.RolloutID != "" {
 			keys = []string{key, RolloutStateKey(s.prefix, r.RolloutID), RolloutCountsKey(s.prefix, r.RolloutID), RolloutKey(s.prefix, r.RolloutID)}
 			appid = r.Platform
+			if _, a, _, ok := ParseRolloutTaskID(id); ok {
+				attempt = strconv.Itoa(a) // moves its platform only while its attempt is current
+			}
 		}
-		ok, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano)).Int()
+		ok, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, rolloutStatus).Int()
 		if err != nil {
 			return &r, fmt.Errorf("update record %s: %w", id, err)
 		}
 		if ok == 0 {
 			continue // changed since it was read
+		}
+		if ok < 0 {
+			return nil, ErrRolloutChanged
 		}
 		if finished && s.onFinish != nil {
 			s.onFinish(&r)

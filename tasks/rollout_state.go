@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -28,7 +29,10 @@ func RolloutCountsKey(prefix, id string) string { return prefix + "rollout:" + i
 // counts once, in its latest status; a final status stays until a retry; a
 // running rollout whose platforms are all final becomes done.
 const transitionLua = rolloutKeysLua + `
-local function transition(state, counts, rollout, appid, status, now)
+local function transition(state, counts, rollout, appid, status, now, attempt)
+  -- A change speaks for its platform only in the attempt that owns the
+  -- platform (the last retry that re-queued it; attempt 0 before any).
+  if attempt and attempt ~= '' and tonumber(redis.call('HGET', rollout .. ':owner', appid) or '0') ~= tonumber(attempt) then return 0 end
   local old = redis.call('HGET', state, appid)
   if old == status then return 0 end
   if old == 'succeeded' or old == 'partial' or old == 'failed' or old == 'canceled' then return 0 end
@@ -59,7 +63,7 @@ end
 // RolloutKeys does).
 const rolloutKeysLua = `
 local function rolloutKeys(rollout, state, counts)
-  local keys = {rollout, state, counts}
+  local keys = {rollout, state, counts, rollout .. ':owner'}
   local attempt = tonumber(redis.call('HGET', rollout, 'attempt') or '0')
   for a = 0, attempt do
     keys[#keys + 1] = rollout .. ':platforms:' .. a
@@ -79,18 +83,23 @@ func RolloutCursorKey(prefix, id string, attempt int) string {
 	return RolloutKey(prefix, id) + ":fanned:" + strconv.Itoa(attempt)
 }
 
+// RolloutOwnerKey maps each platform a retry re-queued to the attempt
+// that owns it now; a platform not in it belongs to attempt 0.
+func RolloutOwnerKey(prefix, id string) string { return RolloutKey(prefix, id) + ":owner" }
+
 // RolloutKeys lists every key of a rollout up to an attempt.
 func RolloutKeys(prefix, id string, attempt int) []string {
-	keys := []string{RolloutKey(prefix, id), RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id)}
+	keys := []string{RolloutKey(prefix, id), RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id), RolloutOwnerKey(prefix, id)}
 	for a := 0; a <= attempt; a++ {
 		keys = append(keys, RolloutListKey(prefix, id, a), RolloutCursorKey(prefix, id, a))
 	}
 	return keys
 }
 
-// rolloutTransition: KEYS state, counts, rollout; ARGV appid, status, now.
+// rolloutTransition: KEYS state, counts, rollout; ARGV appid, status, now,
+// attempt ("" for any).
 var rolloutTransition = redis.NewScript(transitionLua + `
-return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])`)
+return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])`)
 
 // casRecord writes a record only if it is still what was read, and moves
 // its rollout platform in the same step. KEYS record, state, counts,
@@ -98,29 +107,30 @@ return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])`)
 // status, now.
 var casRecord = redis.NewScript(transitionLua + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[8] and ARGV[8] ~= '' and redis.call('HGET', KEYS[4], 'status') ~= ARGV[8] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if ARGV[4] ~= '' then transition(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6]) end
+if ARGV[4] ~= '' then transition(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) end
 return 1`)
 
 // MoveRolloutPlatform records a platform's status in a rollout without a
 // task record (a platform canceled before its change was queued).
-func MoveRolloutPlatform(ctx context.Context, rdb redis.UniversalClient, prefix, id, appid string, status Status) error {
+func MoveRolloutPlatform(ctx context.Context, rdb redis.UniversalClient, prefix, id string, attempt int, appid string, status Status) error {
 	err := rolloutTransition.Run(ctx, rdb, []string{RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id), RolloutKey(prefix, id)},
-		appid, string(status), time.Now().UTC().Format(time.RFC3339Nano)).Err()
+		appid, string(status), time.Now().UTC().Format(time.RFC3339Nano), strconv.Itoa(attempt)).Err()
 	if err != nil {
 		return fmt.Errorf("record rollout %s platform %s: %w", id, appid, err)
 	}
 	return nil
 }
 
-// rolloutMoveUnqueued: KEYS state, counts, rollout; ARGV status, now, then
+// rolloutMoveUnqueued: KEYS state, counts, rollout; ARGV status, now, attempt, then
 // pairs of appid and the key of its change's record in this attempt. A
 // platform whose record exists is left alone and returned.
 var rolloutMoveUnqueued = redis.NewScript(transitionLua + `
 local have = {}
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if redis.call('EXISTS', ARGV[i + 1]) == 0 then
-    transition(KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[1], ARGV[2])
+    transition(KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[1], ARGV[2], ARGV[3])
   else
     have[#have + 1] = ARGV[i]
   end
@@ -137,7 +147,7 @@ func MoveUnqueuedRolloutPlatforms(ctx context.Context, rdb redis.UniversalClient
 	for len(appids) > 0 {
 		batch := appids[:min(len(appids), 500)]
 		appids = appids[len(batch):]
-		args := []any{string(status), now}
+		args := []any{string(status), now, strconv.Itoa(attempt)}
 		for _, a := range batch {
 			args = append(args, a, prefix+"record:"+RolloutTaskID(id, attempt, a))
 		}
@@ -171,6 +181,7 @@ attempt = attempt + 1
 for _, a in ipairs(again) do
   local old = redis.call('HGET', KEYS[2], a)
   redis.call('HSET', KEYS[2], a, 'queued')
+  redis.call('HSET', KEYS[1] .. ':owner', a, attempt)
   redis.call('HINCRBY', KEYS[3], old, -1)
   redis.call('HINCRBY', KEYS[3], 'queued', 1)
 end
@@ -224,4 +235,20 @@ func (s *Store) RolloutState(ctx context.Context, id string) (string, int, error
 	a, _ := v[1].(string)
 	attempt, _ := strconv.Atoi(a)
 	return st, attempt, nil
+}
+
+// RolloutPlatform reads a rollout's status ("" if unknown) and the attempt
+// that owns a platform: a change of another attempt no longer runs.
+func (s *Store) RolloutPlatform(ctx context.Context, id, appid string) (string, int, error) {
+	var st, owner *redis.StringCmd
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		st = p.HGet(ctx, RolloutKey(s.prefix, id), "status")
+		owner = p.HGet(ctx, RolloutOwnerKey(s.prefix, id), appid)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return "", 0, fmt.Errorf("read rollout %s: %w", id, err)
+	}
+	attempt, _ := strconv.Atoi(owner.Val())
+	return st.Val(), attempt, nil
 }

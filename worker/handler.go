@@ -263,17 +263,17 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 // canceled, or retried since (a change of an earlier attempt never runs
 // beside the new attempt's).
 func (h *Handler) rolloutStopped(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (bool, error) {
-	st, current, err := h.store.RolloutState(ctx, change.RolloutID)
+	st, owner, err := h.store.RolloutPlatform(ctx, change.RolloutID, change.Platform)
 	if err != nil {
 		return false, err
 	}
 	_, attempt, _, ok := tasks.ParseRolloutTaskID(id)
 	switch {
-	case ok && attempt < current:
-		// Recorded outside the rollout: its platform belongs to the new attempt.
+	case ok && attempt < owner:
+		// Its record no longer moves the platform, which belongs to the
+		// new attempt (the state follows only the current attempt).
 		_, err := h.updateOrCreate(ctx, id, queue, change, func(r *tasks.Record) error {
-			r.Status, r.Error = tasks.StatusCanceled, fmt.Sprintf("superseded: rollout %s was retried (attempt %d)", change.RolloutID, current)
-			r.RolloutID = ""
+			r.Status, r.Error = tasks.StatusCanceled, fmt.Sprintf("superseded: rollout %s was retried (attempt %d)", change.RolloutID, owner)
 			return nil
 		})
 		if err != nil && !errors.Is(err, tasks.ErrFinal) {
@@ -281,11 +281,22 @@ func (h *Handler) rolloutStopped(ctx context.Context, id, queue string, change t
 		}
 		return true, h.release(ctx, id, change.Platform)
 	case st == "canceled":
-		_, err := h.updateOrCreate(ctx, id, queue, change, func(r *tasks.Record) error {
+		// Canceled only while the rollout still is: a retry that came
+		// first may have left this platform to this very change.
+		cancel := func(r *tasks.Record) error {
 			r.Status, r.Error = tasks.StatusCanceled, "its rollout was canceled"
 			return nil
-		})
-		if err != nil && !errors.Is(err, tasks.ErrFinal) {
+		}
+		_, err := h.store.UpdateIfRollout(ctx, id, "canceled", cancel)
+		if errors.Is(err, tasks.ErrTaskNotFound) {
+			if _, err = h.store.Create(ctx, tasks.NewRecord(id, change, queue)); err == nil {
+				_, err = h.store.UpdateIfRollout(ctx, id, "canceled", cancel)
+			}
+		}
+		switch {
+		case errors.Is(err, tasks.ErrRolloutChanged):
+			return false, nil
+		case err != nil && !errors.Is(err, tasks.ErrFinal):
 			return true, err
 		}
 		return true, h.release(ctx, id, change.Platform)

@@ -416,7 +416,8 @@ func (s *Service) failPlatform(ctx context.Context, rolloutID, taskID string, c 
 	if _, err := s.client.Store().Create(ctx, rec); err != nil {
 		return err
 	}
-	return tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, rolloutID, c.Platform, tasks.StatusFailed)
+	_, attempt, _, _ := tasks.ParseRolloutTaskID(taskID)
+	return tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, rolloutID, attempt, c.Platform, tasks.StatusFailed)
 }
 
 // failUnqueued ends a fan-out that cannot finish: the rollout fails with the
@@ -481,7 +482,7 @@ func (s *Service) moveUnqueued(ctx context.Context, id string, attempt int, stat
 		if err != nil && !errors.Is(err, errLeave) && !errors.Is(err, tasks.ErrFinal) && !errors.Is(err, tasks.ErrTaskNotFound) {
 			// The record cannot be read: the platform is recorded all the
 			// same, or the rollout would never finish.
-			if err := tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, id, appid, status); err != nil {
+			if err := tasks.MoveRolloutPlatform(ctx, s.rdb, s.cfg.Prefix, id, attempt, appid, status); err != nil {
 				return err
 			}
 		}

@@ -78,3 +78,42 @@ func TestRetryResumesOneCutShort(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, platforms, list, "each platform once")
 }
+
+// TestAnEarlierAttemptNoLongerMovesItsPlatform: once a retry re-queued a
+// platform, only the new attempt's change speaks for it; a platform the
+// retry left alone still belongs to the earlier attempt's change.
+func TestAnEarlierAttemptNoLongerMovesItsPlatform(t *testing.T) {
+	t.Parallel()
+	rb, svc := setup(t)
+	ctx := context.Background()
+	r, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.com"}, Platforms: platforms})
+	require.NoError(t, err)
+	payload := []byte(`{"rollout_id":"` + r.ID + `","attempt":0}`)
+	require.NoError(t, svc.ProcessTask(ctx, asynq.NewTask(rollout.TypeFanout, payload)))
+	store := tasks.NewStore(rb.Client, rb.Prefix, time.Hour)
+	_, err = store.Update(ctx, rollout.TaskID(r.ID, 0, platforms[0]), func(rec *tasks.Record) error {
+		rec.Status = tasks.StatusFailed
+		return nil
+	})
+	require.NoError(t, err)
+	n, attempt, err := tasks.RetryRollout(ctx, rb.Client, rb.Prefix, r.ID)
+	require.NoError(t, err)
+	require.Equal(t, tasks.RetryOutcome(1), n)
+	require.Equal(t, 1, attempt)
+
+	// Attempt 0 still owns platforms[1]: its change finishing counts.
+	_, err = store.Update(ctx, rollout.TaskID(r.ID, 0, platforms[1]), func(rec *tasks.Record) error {
+		rec.Status = tasks.StatusSucceeded
+		return nil
+	})
+	require.NoError(t, err)
+	// Attempt 0 no longer speaks for platforms[0].
+	require.NoError(t, tasks.MoveRolloutPlatform(ctx, rb.Client, rb.Prefix, r.ID, 0, platforms[0], tasks.StatusCanceled))
+
+	state, err := rb.Client.HGetAll(ctx, tasks.RolloutStateKey(rb.Prefix, r.ID)).Result()
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{platforms[0]: "queued", platforms[1]: "succeeded", platforms[2]: "queued"}, state)
+	got, err := svc.Get(ctx, r.ID)
+	require.NoError(t, err)
+	assert.Equal(t, rollout.Counts{Queued: 2, Succeeded: 1}, got.Counts)
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -110,7 +111,7 @@ type Handler struct {
 	cfg      Config
 	log      *zap.Logger
 	// working holds a place per change working (Config.Concurrency).
-	working chan struct{}
+	working *places
 	// stopping is closed when the worker stops: changes that wait (for
 	// their call slot, for a place of work) go back to the queue at once
 	// instead of starting work that the shutdown would cut.
@@ -159,7 +160,7 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pa
 	}
 	h := &Handler{store: store, tokens: tokens, upstream: upstream, pauses: pauses, limiter: limiter, cfg: cfg, log: log, stopping: make(chan struct{})}
 	if cfg.Concurrency > 0 {
-		h.working = make(chan struct{}, cfg.Concurrency)
+		h.working = newPlaces(cfg.Concurrency)
 	}
 	return h
 }
@@ -211,26 +212,26 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return err
 	}
 	bulk := change.RolloutID != "" || (h.cfg.BulkQueue != "" && queue == h.cfg.BulkQueue)
-	waited, err := h.awaitSlot(ctx, id, queue, change, bulk)
-	if waited < 0 || err != nil {
+	waited, deferred, err := h.awaitSlot(ctx, id, queue, change, bulk)
+	if deferred || err != nil {
 		return err
 	}
 	if h.working != nil {
-		select {
-		case h.working <- struct{}{}:
-		default:
-			// Every place of work taken: wait for one. A rollout canceled
-			// or a platform paused meanwhile is seen below.
-			waited = max(waited, time.Nanosecond)
-			select {
-			case h.working <- struct{}{}:
-			case <-h.stopping:
-				return errStopping
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+		blocked, err := h.working.take(ctx, h.stopping, bulk)
+		if err != nil {
+			return err
 		}
-		defer func() { <-h.working }()
+		defer h.working.give()
+		if blocked {
+			// Its slot may have gone by while it waited for a place: it
+			// takes it again (its own, if still within the tolerance, or
+			// a new one), or its call would bunch with the next slot's.
+			w, deferred, err := h.awaitSlot(ctx, id, queue, change, bulk)
+			if deferred || err != nil {
+				return err
+			}
+			waited = max(waited, w, time.Nanosecond)
+		}
 	}
 	if waited > 0 {
 		if change.RolloutID != "" {
@@ -331,12 +332,12 @@ func (h *Handler) sleepMax() time.Duration { return max(h.cfg.MaxWait, h.cfg.Lea
 // awaitSlot takes the change's call slot from the fleet-wide limiter and
 // returns how long it slept for it. A slot within sleepMax is slept for; a
 // later one stays reserved, under the task's id, while the task goes back
-// to asynq until just before it (a negative duration), holding no worker
-// slot and using no attempt. The task finds its slot again when it comes
-// back, so a long backlog is deferred once per task, not polled.
-func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.JumpDomainChange, bulk bool) (time.Duration, error) {
+// to asynq until just before it (deferred: true), holding no worker slot
+// and using no attempt. The task finds its slot again when it comes back,
+// so a long backlog is deferred once per task, not polled.
+func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.JumpDomainChange, bulk bool) (waited time.Duration, deferred bool, err error) {
 	if h.limiter == nil {
-		return 0, nil
+		return 0, false, nil
 	}
 	rate := h.cfg.Rate(change.Platform)
 	res, err := h.limiter.Reserve(ctx, limit.Request{
@@ -344,17 +345,17 @@ func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.
 		Bulk: bulk, Horizon: h.sleepMax(), Tolerance: slotTolerance,
 	})
 	if err != nil {
-		return -1, err
+		return 0, false, err
 	}
 	switch {
 	case res.Queued:
 		// Bulk work behind the global backlog: back when its turn nears.
-		return -1, h.deferTask(ctx, id, queue, change, deferral{
+		return 0, true, h.deferTask(ctx, id, queue, change, deferral{
 			until:  time.Now().Add(res.Wait - h.cfg.Lead),
-			reason: fmt.Sprintf("rate limit: bulk work waits its turn under the global limit (about %s)", res.Wait.Round(time.Second)),
+			reason: fmt.Sprintf("rate limit: bulk work waits its turn (about %s)", res.Wait.Round(time.Second)),
 		})
 	case !res.OK: // the backlog is longer than a change may wait in all
-		return -1, h.deferTask(ctx, id, queue, change, deferral{
+		return 0, true, h.deferTask(ctx, id, queue, change, deferral{
 			until: time.Now().Add(res.Wait / 2), earliest: time.Now().Add(res.Wait),
 			reason: fmt.Sprintf("rate limit: platform %s has a backlog of %s at %g calls/s", change.Platform, res.Wait.Round(time.Second), rate.PerSecond),
 		})
@@ -364,25 +365,25 @@ func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.
 		// reserved now too, right behind the first, so that the change
 		// need not come back for it (and read the lists again).
 		if _, err := h.limiter.Reserve(ctx, limit.Request{
-			Platform: change.Platform, Holder: secondHolder(id), Rate: rate, MaxAhead: h.cfg.MaxDefer, Tolerance: slotTolerance,
+			Platform: change.Platform, Holder: callHolder(id, 1), Rate: rate, MaxAhead: h.cfg.MaxDefer, Tolerance: slotTolerance,
 		}); err != nil {
-			return -1, err
+			return 0, false, err
 		}
 	}
 	wait := res.Wait
 	if wait > h.sleepMax() {
 		slot := time.Now().Add(wait)
-		return -1, h.deferTask(ctx, id, queue, change, deferral{
+		return 0, true, h.deferTask(ctx, id, queue, change, deferral{
 			until:  slot.Add(-h.cfg.Lead),
 			slot:   &slot,
 			reason: fmt.Sprintf("rate limit: call slot of platform %s (%g calls/s) reserved for %s", change.Platform, rate.PerSecond, slot.UTC().Format(time.RFC3339Nano)),
 		})
 	}
 	if err := h.sleep(ctx, wait); err != nil {
-		return -1, err
+		return 0, false, err
 	}
 	h.cfg.Metrics.LimiterWait(wait)
-	return wait, nil
+	return wait, false, nil
 }
 
 // sleep waits, unless the task's context ends or the worker stops (the
@@ -416,8 +417,28 @@ func (e *SlotError) Error() string {
 	return fmt.Sprintf("rate limit: no call slot of platform %s within %s for the change's next call", e.Platform, e.Wait.Round(time.Millisecond))
 }
 
-// secondHolder holds the slot of an ensure-mode change's second call.
-func secondHolder(id string) string { return id + "#2" }
+// maxCalls bounds a change's upstream calls: in ensure mode a get and
+// the change, each made once more after a refused token.
+const maxCalls = 4
+
+// callHolder holds the slot of a change's call n (from 0): the task's id
+// for the first, id#2 and on for the next (an ensure-mode change reserves
+// id#2 beside its first), so that each can be given back.
+func callHolder(id string, n int) string {
+	if n == 0 {
+		return id
+	}
+	return id + "#" + strconv.Itoa(n+1)
+}
+
+// callHolders are the holders a change may have slots under.
+func callHolders(id string) []string {
+	hs := make([]string, maxCalls)
+	for n := range hs {
+		hs[n] = callHolder(id, n)
+	}
+	return hs
+}
 
 // nextSlot takes a slot for a call after the change's first (the holder's
 // own, reserved earlier, or a new one): every upstream call takes its own
@@ -463,7 +484,7 @@ func (h *Handler) release(ctx context.Context, id, appid string) error {
 	if h.limiter == nil || !tasks.ValidAppID(appid) {
 		return nil
 	}
-	return h.limiter.Release(ctx, appid, id, secondHolder(id))
+	return h.limiter.Release(ctx, appid, callHolders(id)...)
 }
 
 // begin marks the record running and counts the attempt; it creates the
@@ -517,7 +538,7 @@ func (h *Handler) call(ctx context.Context, id string, change tasks.JumpDomainCh
 		if req, note, err = h.plan(change, cur); err != nil || note != "" {
 			// No second call: its slot goes to others.
 			if h.limiter != nil {
-				err = errors.Join(err, h.limiter.Release(context.WithoutCancel(ctx), change.Platform, secondHolder(id)))
+				err = errors.Join(err, h.limiter.Release(context.WithoutCancel(ctx), change.Platform, callHolder(id, 1)))
 			}
 			return cur, note, err
 		}
@@ -537,12 +558,11 @@ type calls struct {
 }
 
 func (c *calls) one(ctx context.Context, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
-	holder := c.id
+	holder := callHolder(c.id, c.n)
+	if c.n >= maxCalls {
+		return wechat.JumpDomains{}, fmt.Errorf("a change makes at most %d calls", maxCalls)
+	}
 	if c.n > 0 {
-		holder = ""
-		if c.n == 1 {
-			holder = secondHolder(c.id) // reserved beside the first, for ensure mode
-		}
 		if err := c.h.nextSlot(ctx, c.appid, holder); err != nil {
 			return wechat.JumpDomains{}, err
 		}
@@ -687,6 +707,16 @@ func (h *Handler) modify(ctx context.Context, appid, holder, tok string, req wec
 // finish records the outcome and tells asynq what to do next.
 func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, note string, callErr error, rw *asynq.ResultWriter) error {
 	log := h.log.With(zap.String("task_id", rec.TaskID), zap.String("platform", rec.Platform), zap.String("action", string(rec.Action)))
+	if callErr != nil {
+		// Slots reserved for calls not made (the first, if no token came;
+		// the change after a failed get) go to later changes; slots of
+		// calls made are spent and stay.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
+		if err := h.release(rctx, rec.TaskID, rec.Platform); err != nil {
+			log.Warn("unused call slots not given back; later changes of the platform may wait up to their time", zap.Error(err))
+		}
+		cancel()
+	}
 	if callErr != nil && ctx.Err() != nil {
 		return h.interrupted(ctx, rec, callErr)
 	}

@@ -115,9 +115,10 @@ func laneKeys(prefix, appid string) []string {
 // The ledger lets a task that comes back find its slot again on Redis's
 // clock (hosts need not agree on the time), and lets a canceled or paused
 // change give its slot back, so that later changes do not wait behind
-// ghosts. Bulk work takes real global slots only a little ahead (the
-// horizon); beyond, it waits in the bulk line, so a single change never
-// waits behind bulk work for more than the horizon.
+// ghosts. Bulk work takes real slots only a little ahead (the horizon);
+// beyond, it waits in the bulk line, holding neither a platform nor a
+// global slot, so that a single change never waits behind bulk work for
+// more than the horizon, on its platform or across all of them.
 const laneLua = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -142,14 +143,36 @@ local function take(key, ledger, iv, s, holder)
   redis.call('ZADD', ledger, string.format('%.0f', s), holder)
   redis.call('PEXPIRE', ledger, px)
 end
+-- give_back removes holders from a lane's ledger and brings its TAT back
+-- to what the slots still in the ledger imply: replayed in order, each
+-- slot s makes TAT max(TAT, s) + iv, that is the largest s + m * iv over
+-- the slots, m counting from the last one (the last 64 are enough: no
+-- more slots than the burst share a moment). A TAT is never raised here.
+local function give_back(key, ledger, holders)
+  if redis.call('ZREM', ledger, unpack(holders)) == 0 then return 0 end
+  local iv = tonumber(redis.call('GET', key .. ':iv') or '0')
+  local floor = now
+  local top = redis.call('ZREVRANGE', ledger, 0, 63, 'WITHSCORES')
+  local m = 0
+  for i = 2, #top, 2 do
+    m = m + 1
+    floor = math.max(floor, tonumber(top[i]) + m * iv)
+  end
+  local cur = tonumber(redis.call('GET', key) or '0')
+  if cur > floor then
+    redis.call('SET', key, string.format('%.0f', floor), 'PX', keep(floor))
+  end
+  return 1
+end
 `
 
 // reserveScript: KEYS the six lane keys, the platform factor. ARGV
 // platform interval µs (before pacing), platform burst, global interval
 // µs (0: none), global burst, max ahead µs, holder, bulk 0|1, horizon µs,
 // tolerance µs, name of an anonymous holder. Returns {kind, wait µs}:
-// kind 1 a slot (call after wait), 2 in the bulk line (come back after
-// wait), 0 nothing reserved (capacity frees up in about wait).
+// kind 1 a slot (call after wait, never negative), 2 bulk work waiting
+// its turn (come back after wait), 0 nothing reserved (capacity frees up
+// in about wait).
 var reserveScript = redis.NewScript(laneLua + `
 local factor = tonumber(redis.call('GET', KEYS[7]) or '1')
 local piv = tonumber(ARGV[1])
@@ -157,87 +180,95 @@ if piv > 0 then piv = piv / factor end
 local pburst, giv, gburst = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxahead, holder, bulk = tonumber(ARGV[5]), ARGV[6], ARGV[7] == '1'
 local horizon, tol = tonumber(ARGV[8]), tonumber(ARGV[9])
--- A place in the bulk line is a turn, not a slot: it is kept a minute
--- past its time for a task that comes back late.
 -- A slot is the holder's a little past its time, at most a quarter of the
--- lane's interval, so that a late call cannot bunch with the next one.
+-- lane's interval, so that a late call cannot bunch with the next one. A
+-- turn in the bulk line is kept a minute past its time, for a task that
+-- comes back late.
 local function ltol(iv)
   if iv > 0 then return math.min(tol, iv / 4) end
   return tol
 end
-local lanes = {{KEYS[1], KEYS[2], piv, pburst, ltol(piv)}, {KEYS[3], KEYS[4], giv, gburst, ltol(giv)}, {KEYS[5], KEYS[6], giv, gburst, 60000000}}
--- Slots long past are forgotten; one held a little while is still the
--- holder's, for a task that comes back a moment late.
+local P = {KEYS[1], KEYS[2], piv, pburst, ltol(piv)}
+local G = {KEYS[3], KEYS[4], giv, gburst, ltol(giv)}
+local B = {KEYS[5], KEYS[6], giv, gburst, 60000000}
+local lanes = {P, G, B}
+-- Slots long past are forgotten.
 for _, l in ipairs(lanes) do
   redis.call('ZREMRANGEBYSCORE', l[2], '-inf', string.format('%.0f', now - math.max(l[5], l[3] * l[4]) - 1))
 end
-if holder ~= '' then
-  local held = {}
-  local any = false
-  for i, l in ipairs(lanes) do
-    held[i] = tonumber(redis.call('ZSCORE', l[2], holder))
-    if held[i] and held[i] < now - l[5] then held[i] = nil end
-    if held[i] then any = true end
+local function free(l) return math.max(now, allow(l[1], l[3], l[4])) end
+local function grab(l, s, h) take(l[1], l[2], l[3], s, h) end
+-- place finds a new place: a platform and a global slot together; for
+-- bulk work further ahead than the horizon, the platform's slot alone if
+-- the platform's own backlog is the longer wait (its global slot is taken
+-- when it comes back), else a turn in the bulk line.
+local function place(h)
+  local sp = free(P)
+  local s = sp
+  if giv > 0 then s = math.max(s, free(G)) end
+  if s - now > maxahead then return {0, s - now} end
+  if h == '' then h = ARGV[10] end
+  if not bulk or giv <= 0 or s - now <= horizon then
+    grab(P, s, h)
+    grab(G, s, h)
+    return {1, s - now}
   end
-  if any then
-    if held[3] and giv > 0 then
-      -- In the bulk line: a real global slot once its turn is near.
-      local s = math.max(held[3], allow(KEYS[3], giv, gburst))
-      if held[1] then s = math.max(s, held[1]) else s = math.max(s, allow(KEYS[1], piv, pburst)) end
-      if s - now <= horizon then
-        if not held[1] then take(KEYS[1], KEYS[2], piv, s, holder) end
-        take(KEYS[3], KEYS[4], giv, s, holder)
-        redis.call('ZREM', KEYS[6], holder)
-        return {1, s - now}
-      end
-      return {2, s - now}
-    end
-    if (piv <= 0 or held[1]) and (giv <= 0 or held[2]) then
-      return {1, math.max(held[1] or now, held[2] or now) - now}
-    end
-    -- What it holds no longer fits (the limits changed): start over.
-    for _, l in ipairs(lanes) do redis.call('ZREM', l[2], holder) end
+  if sp - now > horizon then
+    grab(P, sp, h)
+    return {2, sp - now}
   end
+  local turn = math.max(s, free(B))
+  if turn - now > maxahead then return {0, turn - now} end
+  grab(B, turn, h)
+  return {2, turn - now}
 end
-local s = math.max(now, allow(KEYS[1], piv, pburst))
-local line = false
-if giv > 0 then
-  local g = math.max(s, allow(KEYS[3], giv, gburst))
-  if bulk and g - now > horizon then
-    line = true
-    s = math.max(g, allow(KEYS[5], giv, gburst))
-  else
-    s = g
+if holder == '' then return place(holder) end
+local held = {}
+for i, l in ipairs(lanes) do
+  held[i] = tonumber(redis.call('ZSCORE', l[2], holder))
+  -- One held longer past its time than the lane's tolerance is lost.
+  if held[i] and held[i] < now - l[5] then held[i] = nil end
+end
+local hp, hg, hb = held[1], held[2], held[3]
+if hb then
+  -- In the bulk line: back early, it keeps its turn; at its turn it
+  -- leaves the line (the turn is spent, as a call spends a slot) and
+  -- finds its slots.
+  if hb - now > horizon then return {2, hb - now} end
+  redis.call('ZREM', B[2], holder)
+  redis.call('ZADD', B[2], string.format('%.0f', hb), '~' .. holder)
+  if hp then give_back(P[1], P[2], {holder}) end
+  if hg then give_back(G[1], G[2], {holder}) end
+  return place(holder)
+end
+if not (hp or hg) then return place(holder) end
+-- A lane without a limit keeps no ledger: nothing to hold there.
+if (piv <= 0 or hp) and (giv <= 0 or hg) then
+  return {1, math.max(0, math.max(hp or now, hg or now) - now)}
+end
+if hp and not hg then
+  -- A platform slot alone (bulk work behind its platform's backlog): the
+  -- global slot is taken now, at the same moment, or the platform slot
+  -- is given back and the change finds a new place.
+  if bulk and hp - now > horizon then return {2, hp - now} end
+  local s = math.max(hp, free(G))
+  if s - now <= horizon and s <= hp + P[5] then
+    grab(G, s, holder)
+    return {1, s - now}
   end
+  give_back(P[1], P[2], {holder})
+  return place(holder)
 end
-if s - now > maxahead then return {0, s - now} end
-if holder == '' then holder = ARGV[10] end
-take(KEYS[1], KEYS[2], piv, s, holder)
-if line then
-  take(KEYS[5], KEYS[6], giv, s, holder)
-  return {2, s - now}
-end
-take(KEYS[3], KEYS[4], giv, s, holder)
-return {1, s - now}
+if hg then give_back(G[1], G[2], {holder}) end
+return place(holder)
 `)
 
 // releaseScript: KEYS the six lane keys; ARGV holders. Each lane's TAT
-// falls back to just after the last slot still held, if that is earlier.
+// falls back to what the slots still held imply, if that is earlier.
 var releaseScript = redis.NewScript(laneLua + `
 local released = 0
 for i = 1, 5, 2 do
-  local key, ledger = KEYS[i], KEYS[i + 1]
-  if redis.call('ZREM', ledger, unpack(ARGV)) > 0 then
-    released = released + 1
-    local iv = tonumber(redis.call('GET', key .. ':iv') or '0')
-    local floor = now
-    local top = redis.call('ZREVRANGE', ledger, 0, 0, 'WITHSCORES')
-    if top[2] then floor = math.max(now, tonumber(top[2]) + iv) end
-    local cur = tonumber(redis.call('GET', key) or '0')
-    if cur > floor then
-      redis.call('SET', key, string.format('%.0f', floor), 'PX', keep(floor))
-    end
-  end
+  released = released + give_back(KEYS[i], KEYS[i + 1], ARGV)
 end
 return released
 `)
@@ -266,8 +297,9 @@ type Request struct {
 type Reservation struct {
 	// OK: a slot is reserved; the call may go out after Wait.
 	OK bool
-	// Queued: bulk work waits in the bulk line; it comes back after Wait
-	// and reserves again (it then gets its global slot).
+	// Queued: bulk work waits its turn (in the bulk line, or holding its
+	// platform's slot alone); it comes back after Wait and reserves again
+	// (it then gets its slots).
 	Queued bool
 	// Wait, when neither: nothing is reserved; capacity frees up in about Wait.
 	Wait time.Duration
@@ -293,7 +325,7 @@ func (l *Limiter) Reserve(ctx context.Context, req Request) (Reservation, error)
 	if err != nil {
 		return Reservation{}, fmt.Errorf("reserve a call slot for %s: %w", req.Platform, err)
 	}
-	return Reservation{OK: res[0] == 1, Queued: res[0] == 2, Wait: time.Duration(res[1]) * time.Microsecond}, nil
+	return Reservation{OK: res[0] == 1, Queued: res[0] == 2, Wait: max(0, time.Duration(res[1])*time.Microsecond)}, nil
 }
 
 // Release gives up the slots holders have for a platform (a change

@@ -246,3 +246,125 @@ func TestBulkWorkWaitsInLineBehindSingles(t *testing.T) {
 	assert.True(t, r.OK, "a real slot %s away", r.Wait)
 	assert.LessOrEqual(t, r.Wait, horizon)
 }
+
+// TestLateHolderGetsNoNegativeWait: a task back a moment after its slot
+// (within the tolerance) still has it, to be used at once.
+func TestLateHolderGetsNoNegativeWait(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Real(t)
+	ctx := context.Background()
+	l := limit.New(rb.Client, rb.Prefix, limit.Rate{PerSecond: 1}, limit.Pacing{})
+	req := limit.Request{Platform: "wx1", Holder: "a", Rate: limit.Rate{PerSecond: 2}, MaxAhead: time.Hour, Tolerance: 100 * time.Millisecond}
+	r, err := l.Reserve(ctx, req)
+	require.NoError(t, err)
+	require.True(t, r.OK)
+	time.Sleep(r.Wait + 60*time.Millisecond)
+	r, err = l.Reserve(ctx, req)
+	require.NoError(t, err)
+	assert.True(t, r.OK)
+	assert.Equal(t, time.Duration(0), r.Wait, "its slot, to use now, not a negative wait")
+}
+
+// TestReleaseKeepsTheBurst: giving back later slots does not open more
+// than the burst at once.
+func TestReleaseKeepsTheBurst(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Real(t)
+	ctx := context.Background()
+	l := limit.New(rb.Client, rb.Prefix, limit.Rate{}, limit.Pacing{})
+	rate := limit.Rate{PerSecond: 1, Burst: 5}
+	var holders []string
+	for i := 0; i < 10; i++ {
+		h := fmt.Sprintf("h%d", i)
+		_, err := l.Reserve(ctx, limit.Request{Platform: "wx1", Holder: h, Rate: rate, MaxAhead: time.Hour})
+		require.NoError(t, err)
+		holders = append(holders, h)
+	}
+	// The first five hold the burst now; the next five were 1..5s ahead.
+	require.NoError(t, limit.Release(ctx, rb.Client, rb.Prefix, "wx1", holders[5:]...))
+	r, err := l.Reserve(ctx, limit.Request{Platform: "wx1", Holder: "new", Rate: rate, MaxAhead: time.Hour})
+	require.NoError(t, err)
+	assert.InDelta(t, 1.0, r.Wait.Seconds(), 0.1, "a sixth call at once would exceed the burst of 5")
+}
+
+// TestBulkBacklogLeavesItsPlatformToSingles: bulk work waiting in the line
+// holds no platform slot, so a single change on one of its platforms is
+// not pushed behind the global backlog.
+func TestBulkBacklogLeavesItsPlatformToSingles(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Real(t)
+	ctx := context.Background()
+	l := limit.New(rb.Client, rb.Prefix, limit.Rate{PerSecond: 5, Burst: 1}, limit.Pacing{})
+	rate := limit.Rate{PerSecond: 1}
+	const horizon = time.Second
+	for i := 0; i < 40; i++ {
+		_, err := l.Reserve(ctx, limit.Request{Platform: fmt.Sprintf("wx%02d", i), Holder: fmt.Sprintf("b%d", i), Rate: rate, MaxAhead: time.Hour, Bulk: true, Horizon: horizon})
+		require.NoError(t, err)
+	}
+	// wx39 is the last in line, about 8s away; a single on wx39 now:
+	r, err := l.Reserve(ctx, limit.Request{Platform: "wx39", Holder: "s", Rate: rate, MaxAhead: time.Hour})
+	require.NoError(t, err)
+	assert.True(t, r.OK)
+	assert.LessOrEqual(t, r.Wait, horizon+250*time.Millisecond, "the single is not behind the global backlog on its platform")
+}
+
+// TestBulkBehindItsPlatformHoldsThePlatformSlot: when the platform's own
+// rate is the longer wait, bulk work takes its platform slots (so it is
+// deferred once) and its global slot only when it comes back.
+func TestBulkBehindItsPlatformHoldsThePlatformSlot(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Real(t)
+	ctx := context.Background()
+	l := limit.New(rb.Client, rb.Prefix, limit.Rate{PerSecond: 50, Burst: 1}, limit.Pacing{})
+	rate := limit.Rate{PerSecond: 2}
+	const horizon = 500 * time.Millisecond
+	req := func(h string) limit.Request {
+		return limit.Request{Platform: "wx1", Holder: h, Rate: rate, MaxAhead: time.Hour, Bulk: true, Horizon: horizon, Tolerance: 50 * time.Millisecond}
+	}
+	var waits []time.Duration
+	for i := 0; i < 6; i++ {
+		r, err := l.Reserve(ctx, req(fmt.Sprintf("b%d", i)))
+		require.NoError(t, err)
+		require.True(t, r.OK || r.Queued)
+		waits = append(waits, r.Wait)
+	}
+	for i := 1; i < len(waits); i++ {
+		assert.InDelta(t, 0.5, (waits[i] - waits[i-1]).Seconds(), 0.05, "platform slots 0.5s apart: %v", waits)
+	}
+	// b4, back just before its platform slot, gets the global slot with it.
+	time.Sleep(waits[4] - 300*time.Millisecond)
+	r, err := l.Reserve(ctx, req("b4"))
+	require.NoError(t, err)
+	assert.True(t, r.OK)
+	assert.InDelta(t, 0.3, r.Wait.Seconds(), 0.05)
+	// A global slot was taken with it: another platform's single waits 20ms behind it.
+	r2, err := l.Reserve(ctx, limit.Request{Platform: "wx2", Holder: "s", MaxAhead: time.Hour})
+	require.NoError(t, err)
+	assert.True(t, r2.OK)
+}
+
+// TestHolderFindsItsGlobalSlotAgain: with a global limit alone (no
+// platform rate), a task that comes back keeps its slot too.
+func TestHolderFindsItsGlobalSlotAgain(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Real(t)
+	ctx := context.Background()
+	l := limit.New(rb.Client, rb.Prefix, limit.Rate{PerSecond: 2, Burst: 1}, limit.Pacing{})
+	req := func(holder, appid string) limit.Request {
+		return limit.Request{Platform: appid, Holder: holder, MaxAhead: time.Hour, Tolerance: 50 * time.Millisecond}
+	}
+	var last limit.Reservation
+	for i, h := range []string{"a", "b", "c"} {
+		r, err := l.Reserve(ctx, req(h, fmt.Sprintf("wx%d", i)))
+		require.NoError(t, err)
+		last = r
+	}
+	require.InDelta(t, 1.0, last.Wait.Seconds(), 0.05)
+	time.Sleep(300 * time.Millisecond)
+	for i := 0; i < 3; i++ {
+		r, err := l.Reserve(ctx, req("c", "wx2"))
+		require.NoError(t, err)
+		assert.True(t, r.OK)
+		assert.InDelta(t, 0.7, r.Wait.Seconds(), 0.05, "the same slot each time it comes back")
+	}
+}

@@ -375,3 +375,76 @@ func TestMaxDeferHoldsAtTheDeferral(t *testing.T) {
 	assert.Less(t, time.Since(start), 2*time.Second, "failed at once, not after waiting")
 	assert.Len(t, modifyTimes(b.sandbox, appA), 1)
 }
+
+// TestWaitingForAPlaceDoesNotBunchCalls: changes that slept to their slot
+// and then waited for a place of work (every place busy with a slow
+// platform) take their slots again; they do not all call at once when
+// places free.
+func TestWaitingForAPlaceDoesNotBunchCalls(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, redistest.Real, setupOpts{concurrency: 2, rates: map[string]limit.Rate{appA: {PerSecond: 2, Burst: 1}}})
+	b.sandbox.SetFaults(appB, wechattest.Faults{Latency: 1500 * time.Millisecond})
+	var ids []string
+	for i := 0; i < 2; i++ {
+		rec, err := b.client.Enqueue(ctx, tasks.JumpDomainChange{Platform: appB, Action: tasks.ActionGet}, tasks.EnqueueOptions{})
+		require.NoError(t, err)
+		ids = append(ids, rec.TaskID)
+	}
+	time.Sleep(300 * time.Millisecond) // both places taken by the slow platform
+	for i := 0; i < 6; i++ {
+		rec, err := b.client.Enqueue(ctx, tasks.JumpDomainChange{Platform: appA, Action: tasks.ActionAdd, Domains: []string{fmt.Sprintf("d%d.example.com", i)}}, tasks.EnqueueOptions{})
+		require.NoError(t, err)
+		ids = append(ids, rec.TaskID)
+	}
+	for _, r := range waitAll(t, b, ids, 60*time.Second) {
+		require.Equal(t, tasks.StatusSucceeded, r.Status, "%+v", r)
+	}
+	times := modifyTimes(b.sandbox, appA)
+	require.Len(t, times, 6)
+	t.Logf("platform A's calls: %v", gaps(times))
+	assert.LessOrEqual(t, maxInWindow(times, time.Second), 3, "2/s held after the places freed")
+}
+
+// TestSingleChangeGetsTheNextPlace: when every place of work is busy, the
+// next one to free goes to a single change before bulk work that waited
+// longer.
+func TestSingleChangeGetsTheNextPlace(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t, redistest.Real, setupOpts{concurrency: 1})
+	b.sandbox.SetFaults(appB, wechattest.Faults{Latency: time.Second})
+	slow, err := b.client.Enqueue(ctx, tasks.JumpDomainChange{Platform: appB, Action: tasks.ActionGet}, tasks.EnqueueOptions{})
+	require.NoError(t, err)
+	time.Sleep(200 * time.Millisecond)
+	ids := []string{slow.TaskID}
+	for i := 0; i < 5; i++ {
+		rec, err := b.client.Enqueue(ctx, tasks.JumpDomainChange{Platform: appA, Action: tasks.ActionAdd, Domains: []string{fmt.Sprintf("bulk%d.example.com", i)}},
+			tasks.EnqueueOptions{Queue: b.redis.Queue + "_bulk"})
+		require.NoError(t, err)
+		ids = append(ids, rec.TaskID)
+	}
+	time.Sleep(300 * time.Millisecond) // the bulk work waits for the place
+	single, err := b.client.Enqueue(ctx, tasks.JumpDomainChange{Platform: appA, Action: tasks.ActionAdd, Domains: []string{"single.example.com"}}, tasks.EnqueueOptions{})
+	require.NoError(t, err)
+	for _, r := range waitAll(t, b, append(ids, single.TaskID), 60*time.Second) {
+		require.Equal(t, tasks.StatusSucceeded, r.Status, "%+v", r)
+	}
+	var order []string
+	for _, c := range b.sandbox.Calls() {
+		if c.API == "modify_wxa_jump_domain" && c.AppID == appA {
+			order = append(order, c.Domains)
+		}
+	}
+	require.NotEmpty(t, order)
+	assert.Equal(t, "single.example.com", order[0], "calls on A in order: %v", order)
+}
+
+// gaps are the times between calls, for a failure message.
+func gaps(times []time.Time) []time.Duration {
+	var out []time.Duration
+	for i := 1; i < len(times); i++ {
+		out = append(out, times[i].Sub(times[i-1]).Round(time.Millisecond))
+	}
+	return out
+}

@@ -31,8 +31,12 @@ func RolloutCountsKey(prefix, id string) string { return prefix + "rollout:" + i
 const transitionLua = rolloutKeysLua + `
 local function transition(state, counts, rollout, appid, status, now, attempt)
   -- A change speaks for its platform only in the attempt that owns the
-  -- platform (the last retry that re-queued it; attempt 0 before any).
-  if attempt and attempt ~= '' and tonumber(redis.call('HGET', rollout .. ':owner', appid) or '0') ~= tonumber(attempt) then return 0 end
+  -- platform (the last retry that re-queued it). A platform no retry of
+  -- this version re-queued has no owner: any attempt speaks for it (attempt
+  -- 0, or the attempt of a retry by a version that kept no owners, which
+  -- would otherwise never finish).
+  local owner = redis.call('HGET', rollout .. ':owner', appid)
+  if attempt and attempt ~= '' and owner and tonumber(owner) ~= tonumber(attempt) then return 0 end
   local old = redis.call('HGET', state, appid)
   if old == status then return 0 end
   if old == 'succeeded' or old == 'partial' or old == 'failed' or old == 'canceled' then return 0 end
@@ -84,7 +88,8 @@ func RolloutCursorKey(prefix, id string, attempt int) string {
 }
 
 // RolloutOwnerKey maps each platform a retry re-queued to the attempt
-// that owns it now; a platform not in it belongs to attempt 0.
+// that owns it now; a platform not in it belongs to any attempt (attempt 0,
+// or a retry by a version before owners).
 func RolloutOwnerKey(prefix, id string) string { return RolloutKey(prefix, id) + ":owner" }
 
 // RolloutKeys lists every key of a rollout up to an attempt.

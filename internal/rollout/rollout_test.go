@@ -117,3 +117,35 @@ func TestAnEarlierAttemptNoLongerMovesItsPlatform(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, rollout.Counts{Queued: 2, Succeeded: 1}, got.Counts)
 }
+
+// TestRetryByAnOlderVersionStillFinishes: a retry made by a version that
+// kept no owners (during an upgrade) leaves platforms without one; its
+// attempt's changes still move them, and the rollout finishes.
+func TestRetryByAnOlderVersionStillFinishes(t *testing.T) {
+	t.Parallel()
+	rb, svc := setup(t)
+	ctx := context.Background()
+	r, err := svc.Create(ctx, rollout.Spec{Action: tasks.ActionAdd, Domains: []string{"a.com"}, Platforms: platforms})
+	require.NoError(t, err)
+	_, err = svc.Cancel(ctx, r.ID)
+	require.NoError(t, err)
+	_, attempt, err := tasks.RetryRollout(ctx, rb.Client, rb.Prefix, r.ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, attempt)
+	// What an older version's retry leaves: no owners.
+	require.NoError(t, rb.Client.Del(ctx, tasks.RolloutOwnerKey(rb.Prefix, r.ID)).Err())
+	payload := []byte(`{"rollout_id":"` + r.ID + `","attempt":1}`)
+	require.NoError(t, svc.ProcessTask(ctx, asynq.NewTask(rollout.TypeFanout, payload)))
+	store := tasks.NewStore(rb.Client, rb.Prefix, time.Hour)
+	for _, p := range platforms {
+		_, err = store.Update(ctx, rollout.TaskID(r.ID, 1, p), func(rec *tasks.Record) error {
+			rec.Status = tasks.StatusSucceeded
+			return nil
+		})
+		require.NoError(t, err)
+	}
+	got, err := svc.Get(ctx, r.ID)
+	require.NoError(t, err)
+	assert.Equal(t, rollout.Counts{Succeeded: 3}, got.Counts)
+	assert.Equal(t, rollout.StatusDone, got.Status)
+}

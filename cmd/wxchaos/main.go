@@ -656,15 +656,14 @@ func (l *lab) redirectingUpstream() error {
 	if err != nil {
 		return err
 	}
-	// The token API unreachable: the change waits with the fleet's backoff,
-	// its record saying why, and uses no attempt.
-	var final *tasks.Record
-	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
-		if final, err = c.Get(context.Background(), rec.TaskID); err == nil && strings.Contains(final.Error, "HTTP 307") {
-			break
-		}
+	// A redirect does not pass by itself, not even the token API's: the
+	// change uses its two attempts and fails, its record saying why.
+	wctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	final, err := c.Wait(wctx, rec.TaskID)
+	if err != nil {
+		final = nil
 	}
-	time.Sleep(2 * time.Second) // a few more tries
 	_ = w.cmd.Process.Signal(syscall.SIGTERM)
 	_ = w.cmd.Wait()
 	mu.Lock()
@@ -674,7 +673,7 @@ func (l *lab) redirectingUpstream() error {
 		return fmt.Errorf("no record: %v", err)
 	case len(got) > 0:
 		return fmt.Errorf("the redirect's target received %d requests", len(got))
-	case final.Status != tasks.StatusRetrying || final.Attempts != 0 || !strings.Contains(final.Error, "HTTP 307"):
+	case final.Status != tasks.StatusFailed || final.Attempts != 2 || !strings.Contains(final.Error, "HTTP 307"):
 		return fmt.Errorf("change %s after %d attempts: %s", final.Status, final.Attempts, final.Error)
 	case strings.Contains(w.text(), "access_token") || strings.Contains(final.Error, "access_token"):
 		return errors.New("a log line or the record names the access token")

@@ -466,9 +466,11 @@ func (s *Source) fetch(ctx context.Context, appid string) (entry, error) {
 		refused   *wechat.APIError
 		transport *wechat.TransportError
 	)
-	if (errors.As(err, &refused) && slices.Contains(s.cfg.RetryCodes, refused.Code)) || errors.As(err, &transport) {
-		// Busy, or no answer: not a refusal. Asked again after a backoff
-		// that grows while it lasts, by one process for the fleet.
+	if (errors.As(err, &refused) && slices.Contains(s.cfg.RetryCodes, refused.Code)) || (errors.As(err, &transport) && transport.Transient()) {
+		// Busy, or no answer for now: not a refusal. Asked again after a
+		// backoff that grows while it lasts, by one process for the fleet.
+		// A failure that will not pass by itself (a redirect, a 4xx, a
+		// certificate refused) is the change's error, and uses attempts.
 		wait, berr := s.backOff(context.WithoutCancel(ctx), appid)
 		s.countFetch(ctx, appid, started)
 		return entry{}, &FetchError{AppID: appid, Err: errors.Join(&BusyError{RetryIn: wait, Err: err}, berr), TicketReceivedAt: ticket.ReceivedAt}

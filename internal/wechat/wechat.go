@@ -10,6 +10,8 @@ package wechat
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -76,6 +78,25 @@ func (e *TransportError) Error() string {
 }
 
 func (e *TransportError) Unwrap() error { return e.Err }
+
+// Transient tells whether the failure may pass by itself: no connection,
+// a timeout, a 5xx or a 429. A redirect, another 4xx, an answer that is
+// not what the API sends, or a certificate refused stay until someone
+// changes something, and are not waited out.
+func (e *TransportError) Transient() bool {
+	if e.StatusCode != 0 {
+		return e.StatusCode >= 500 || e.StatusCode == http.StatusTooManyRequests
+	}
+	var (
+		verify   *tls.CertificateVerificationError
+		unknown  x509.UnknownAuthorityError
+		hostname x509.HostnameError
+		invalid  x509.CertificateInvalidError
+		record   tls.RecordHeaderError
+	)
+	return !errors.As(e.Err, &verify) && !errors.As(e.Err, &unknown) && !errors.As(e.Err, &hostname) &&
+		!errors.As(e.Err, &invalid) && !errors.As(e.Err, &record)
+}
 
 // Action codes of modify_wxa_jump_domain.
 const (
@@ -164,7 +185,7 @@ func (c *Client) FetchComponentToken(ctx context.Context, appid, secret, ticket 
 		return ComponentToken{}, err
 	}
 	if resp.Token == "" {
-		return ComponentToken{}, &TransportError{Op: "api_component_token", Err: errors.New("answer has no component_access_token")}
+		return ComponentToken{}, &TransportError{Op: "api_component_token", StatusCode: http.StatusOK, Err: errors.New("answer has no component_access_token")}
 	}
 	exp := time.Duration(resp.ExpiresIn) * time.Second
 	if exp <= 0 {

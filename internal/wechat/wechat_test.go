@@ -233,3 +233,45 @@ func TestNewRefusesBadBaseURL(t *testing.T) {
 		assert.Error(t, err, u)
 	}
 }
+
+// TestTransientFailures: what may pass by itself (no connection, 5xx,
+// 429) is transient; a redirect, a 4xx, an untrusted certificate are not.
+func TestTransientFailures(t *testing.T) {
+	t.Parallel()
+	status := func(code int) string {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if code == http.StatusTemporaryRedirect {
+				http.Redirect(w, r, "http://example.invalid/", code)
+				return
+			}
+			w.WriteHeader(code)
+		}))
+		t.Cleanup(srv.Close)
+		return srv.URL
+	}
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closedURL := closed.URL
+	closed.Close()
+	tlsSrv := httptest.NewTLSServer(http.NotFoundHandler())
+	t.Cleanup(tlsSrv.Close)
+	for _, c := range []struct {
+		name, url string
+		transient bool
+	}{
+		{"503", status(http.StatusServiceUnavailable), true},
+		{"429", status(http.StatusTooManyRequests), true},
+		{"refused connection", closedURL, true},
+		{"307", status(http.StatusTemporaryRedirect), false},
+		{"404", status(http.StatusNotFound), false},
+		{"untrusted certificate", tlsSrv.URL, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cl, err := wechat.New(c.url, &http.Client{Timeout: 5 * time.Second})
+			require.NoError(t, err)
+			_, err = cl.FetchComponentToken(context.Background(), "wx0123456789abcdef", "secret", "ticket")
+			var te *wechat.TransportError
+			require.ErrorAs(t, err, &te)
+			assert.Equal(t, c.transient, te.Transient(), "%v", err)
+		})
+	}
+}

@@ -303,12 +303,18 @@ func (s *Store) ResumeForTicket(ctx context.Context, inspector *asynq.Inspector,
 // deferred at that moment; it is run again once asynq has put it back.
 var runAgainAfter = 1500 * time.Millisecond
 
+// alreadyPending: asynq's answer for a task that is ready to run already
+// (it has no error value for it, only this message).
+func alreadyPending(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "already in pending state")
+}
+
 func run(inspector *asynq.Inspector, deferred []Deferred) int {
 	n := 0
 	var running []Deferred
 	for _, d := range deferred {
 		switch err := inspector.RunTask(d.Queue, d.TaskID); {
-		case err == nil:
+		case err == nil, alreadyPending(err):
 			n++
 		case !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound):
 			// Running: its handler may be deferring it right now, after it
@@ -320,7 +326,7 @@ func run(inspector *asynq.Inspector, deferred []Deferred) int {
 	if len(running) > 0 {
 		time.Sleep(runAgainAfter)
 		for _, d := range running {
-			if inspector.RunTask(d.Queue, d.TaskID) == nil {
+			if err := inspector.RunTask(d.Queue, d.TaskID); err == nil || alreadyPending(err) {
 				n++
 			}
 		}

@@ -107,11 +107,23 @@ type Source struct {
 	live    atomic.Bool // the change feed is subscribed: local entries can be trusted
 	// inflight counts refreshes under way, which outlive their callers.
 	inflight sync.WaitGroup
+	// draining is closed by Drain: refreshes waiting for another
+	// process's lock give up.
+	draining  chan struct{}
+	drainOnce sync.Once
 }
 
-// Drain waits for the refreshes under way to end (each is bounded by the
-// lock's lease), so that a stopping process stores a token WeChat issued.
-func (s *Source) Drain() { s.inflight.Wait() }
+// Drain waits for the fetches under way to end (each is bounded by the
+// HTTP timeout and the lock's lease), so that a stopping process stores a
+// token WeChat issued. A refresh that is only waiting for another
+// process's fetch gives up at once: nothing of its own is at stake.
+func (s *Source) Drain() {
+	s.drainOnce.Do(func() { close(s.draining) })
+	s.inflight.Wait()
+}
+
+// errDraining: the process is stopping, and the refresh was only waiting.
+var errDraining = errors.New("the process is stopping")
 
 // NewSource returns a token source.
 func NewSource(rdb redis.UniversalClient, f Fetcher, t *ticket.Store, cfg SourceConfig, log *zap.Logger) *Source {
@@ -124,7 +136,7 @@ func NewSource(rdb redis.UniversalClient, f Fetcher, t *ticket.Store, cfg Source
 	if cfg.RetryCodes == nil {
 		cfg.RetryCodes = []int{-1}
 	}
-	return &Source{rdb: rdb, fetcher: f, tickets: t, cfg: cfg, log: log, now: time.Now, local: map[string]entry{}, changes: map[string]uint64{}}
+	return &Source{rdb: rdb, fetcher: f, tickets: t, cfg: cfg, log: log, now: time.Now, local: map[string]entry{}, changes: map[string]uint64{}, draining: make(chan struct{})}
 }
 
 func (s *Source) key(appid string) string     { return s.cfg.Prefix + "token:" + appid }
@@ -418,6 +430,9 @@ func (s *Source) refresh(ctx context.Context, appid string) (entry, error) {
 		case <-ctx.Done():
 			t.Stop()
 			return entry{}, fmt.Errorf("wait for token refresh of %s: %w", appid, ctx.Err())
+		case <-s.draining:
+			t.Stop()
+			return entry{}, fmt.Errorf("wait for token refresh of %s: %w", appid, errDraining)
 		case <-t.C:
 		}
 		wait = min(wait*2, 500*time.Millisecond)

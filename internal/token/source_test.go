@@ -331,3 +331,29 @@ func TestCanceledLeaderKeepsTheIssuedToken(t *testing.T) {
 	assert.NotEmpty(t, tok)
 	assert.Equal(t, 1, b.sandbox.TokenFetches(app), "the token issued for the impatient caller was kept")
 }
+
+// TestDrainDoesNotWaitForAnotherProcess: a stopping process whose refresh
+// only waits for another process's lock stops at once; it does not sit
+// out the other's lease.
+func TestDrainDoesNotWaitForAnotherProcess(t *testing.T) {
+	t.Parallel()
+	b := setup(t, redistest.Real)
+	ctx := context.Background()
+	require.NoError(t, b.redis.Client.Set(ctx, b.redis.Prefix+"token_lock:"+app, "another-process", 30*time.Second).Err())
+	src := b.source(t, nil)
+	impatient, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_, err := src.Token(impatient, app)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	done := make(chan struct{})
+	go func() {
+		src.Drain()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("Drain waited for another process's lock (its lease is 30s; the refresh's bound 4s)")
+	}
+	assert.Zero(t, b.sandbox.TokenFetches(app))
+}

@@ -301,7 +301,7 @@ func rolloutService(rdb redis.UniversalClient, cfg config.Config, platforms *con
 		all[i] = p.AppID
 	}
 	return rollout.New(rdb, client, rollout.Config{
-		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, BulkQueue: cfg.BulkQueue, Platforms: all, Rules: rules, TTL: cfg.RolloutTTL,
+		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, BulkQueue: cfg.BulkQueue, Platforms: all, Rules: rules, TTL: cfg.RolloutTTL, BatchSize: cfg.FanoutBatch,
 	}), client
 }
 

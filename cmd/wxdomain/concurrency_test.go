@@ -168,7 +168,9 @@ func TestConcurrencyFromOutside(t *testing.T) {
 
 	t.Run("cancel mid-fan-out, then retry, over 300 platforms, 5 runs", func(t *testing.T) {
 		t.Parallel()
-		f := startFleet2(t, 300, "1000", []string{"--latency", "20ms"})
+		// Fan-out steps of 20: the cancel lands while most platforms are
+		// still to be queued.
+		f := startFleet2(t, 300, "1000", []string{"--latency", "20ms"}, "WXDOMAIN_FANOUT_BATCH=20")
 		cfg, err := config.FromEnv(func(k string) string {
 			for _, kv := range f.c.env {
 				if v, ok := strings.CutPrefix(kv, k+"="); ok {
@@ -192,8 +194,10 @@ func TestConcurrencyFromOutside(t *testing.T) {
 				n, err := f.rb.Client.Exists(ctx, f.rb.Prefix+"record:"+rollout.TaskID(r.ID, 0, f.apps[30])).Result()
 				return err == nil && n > 0
 			}, 20*time.Second, time.Millisecond)
-			_, err = svc.Cancel(ctx, r.ID)
+			canceled, err := svc.Cancel(ctx, r.ID)
 			require.NoError(t, err)
+			t.Logf("run %d: the cancel found %d of 300 platforms not yet queued", run, canceled.Counts.Canceled)
+			require.Positive(t, canceled.Counts.Canceled, "the cancel came mid-fan-out")
 			_, err = svc.Retry(ctx, r.ID)
 			require.NoError(t, err)
 			require.Eventually(t, func() bool {

@@ -61,6 +61,8 @@ type Config struct {
 	PushMaxSkew time.Duration
 	// RolloutTTL is how long a finished rollout stays readable.
 	RolloutTTL time.Duration
+	// FanoutBatch is how many changes a rollout's fan-out queues per step.
+	FanoutBatch int
 	// APITokens authenticate the HTTP API; never logged.
 	APITokens []Secret
 	// Errcode classification of modify_wxa_jump_domain (see worker.Policy).
@@ -113,6 +115,7 @@ func Default() Config {
 		HTTPMaxHeaderBytes: 64 << 10,
 		PushMaxSkew:        5 * time.Minute,
 		RolloutTTL:         30 * 24 * time.Hour,
+		FanoutBatch:        500,
 		Queue:              tasks.QueueDefault,
 		KeyPrefix:          tasks.DefaultPrefix,
 		LogLevel:           zapcore.InfoLevel,
@@ -197,6 +200,7 @@ var Settings = []Setting{
 	}},
 	{"WXDOMAIN_PUSH_MAX_SKEW", durationSetting(func(c *Config) *time.Duration { return &c.PushMaxSkew }, 10*time.Second)},
 	{"WXDOMAIN_ROLLOUT_TTL", durationSetting(func(c *Config) *time.Duration { return &c.RolloutTTL }, time.Second)},
+	{"WXDOMAIN_FANOUT_BATCH", intSetting(func(c *Config) *int { return &c.FanoutBatch }, 1, 5000)},
 	{"WXDOMAIN_TRUSTED_ORIGINS", func(c *Config, v string) error {
 		c.TrustedOrigins = nil
 		for _, o := range strings.Split(v, ",") {

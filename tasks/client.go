@@ -30,6 +30,17 @@ type ClientConfig struct {
 	Rules Rules
 	// PollInterval is the longest pause between two reads in Wait; default 1s.
 	PollInterval time.Duration
+	// Durability makes Enqueue, Cancel and the records' final writes wait
+	// for Redis replicas (see Durability); off by default.
+	Durability Durability
+	// Retry, if set, makes Enqueue try again for that long when Redis did
+	// not confirm the submission (ErrUnconfirmed) or did not answer (a
+	// failover under way). Each try uses the same idempotency key, one
+	// Enqueue makes up when none is given, so a retry never creates a
+	// second change.
+	Retry time.Duration
+	// OnRetry, if set, is told of each failed try before the next.
+	OnRetry func(err error, next time.Duration)
 }
 
 // EnqueueOptions are per-submission options.
@@ -104,7 +115,7 @@ func NewClient(rdb redis.UniversalClient, cfg ClientConfig) *Client {
 		rdb:     rdb,
 		asynq:   asynq.NewClientFromRedisClient(rdb),
 		inspect: asynq.NewInspectorFromRedisClient(rdb),
-		store:   NewStore(rdb, cfg.Prefix, cfg.ResultTTL),
+		store:   NewStore(rdb, cfg.Prefix, cfg.ResultTTL).WithDurability(cfg.Durability),
 		cfg:     cfg,
 	}
 }
@@ -123,6 +134,78 @@ type idempotencyEntry struct {
 // the first record (Replayed set) and repairs a submission that was cut
 // short between writing the record and enqueueing.
 func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts EnqueueOptions) (*Record, error) {
+	if c.cfg.Retry <= 0 {
+		return c.enqueueAcked(ctx, change, opts)
+	}
+	if opts.IdempotencyKey == "" && opts.TaskID == "" {
+		opts.IdempotencyKey = "retry:" + newTaskID()
+	}
+	deadline := time.Now().Add(c.cfg.Retry)
+	delay := 100 * time.Millisecond
+	for {
+		rec, err := c.enqueueAcked(ctx, change, opts)
+		if err == nil || !Retryable(err) || time.Now().Add(delay).After(deadline) {
+			return rec, err
+		}
+		if c.cfg.OnRetry != nil {
+			c.cfg.OnRetry(err, delay)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+// Retryable tells whether a failed submission may succeed if made again
+// with the same idempotency key: Redis did not confirm it, or did not
+// answer for the moment.
+func Retryable(err error) bool {
+	return errors.Is(err, ErrUnconfirmed) || RedisUnavailable(err)
+}
+
+func (c *Client) enqueueAcked(ctx context.Context, change JumpDomainChange, opts EnqueueOptions) (*Record, error) {
+	rec, err := c.enqueue(ctx, change, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.ack(ctx, rec, opts.IdempotencyKey); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// ack confirms a submission on Redis replicas (Durability): its record,
+// its task while the record is queued, and its idempotency key.
+func (c *Client) ack(ctx context.Context, rec *Record, idemKey string) error {
+	rb := readBack{
+		exist:  []string{AsynqTaskKey(rec.Queue, rec.TaskID)},
+		values: []string{c.store.key(rec.TaskID)},
+	}
+	if idemKey != "" {
+		rb.exist = append(rb.exist, c.idemKey(idemKey))
+	}
+	rb.ok = func(exist []bool, values []string) bool {
+		var r Record
+		if json.Unmarshal([]byte(values[0]), &r) != nil {
+			return false
+		}
+		if idemKey != "" && !exist[1] {
+			return false
+		}
+		// A task that ran is gone from asynq; its record says so.
+		return exist[0] || r.Status != StatusQueued
+	}
+	return c.cfg.Durability.confirm(ctx, c.rdb, c.cfg.Prefix, "change "+rec.TaskID, rb)
+}
+
+func (c *Client) idemKey(k string) string { return c.cfg.Prefix + "idem:" + hashKey(k) }
+
+func (c *Client) enqueue(ctx context.Context, change JumpDomainChange, opts EnqueueOptions) (*Record, error) {
 	if err := change.ValidateWith(c.cfg.Rules); err != nil {
 		return nil, err
 	}
@@ -143,7 +226,7 @@ func (c *Client) Enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 		}
 		entry := idempotencyEntry{TaskID: taskID, Fingerprint: fingerprint(change, queue)}
 		b, _ := json.Marshal(entry)
-		key := c.cfg.Prefix + "idem:" + hashKey(opts.IdempotencyKey)
+		key := c.idemKey(opts.IdempotencyKey)
 		ok, err := c.rdb.SetNX(ctx, key, b, c.cfg.ResultTTL).Result()
 		if err != nil {
 			return nil, fmt.Errorf("store idempotency key: %w", err)

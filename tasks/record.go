@@ -102,6 +102,15 @@ type Store struct {
 	ttl      time.Duration
 	now      func() time.Time
 	onFinish func(*Record)
+	dur      Durability
+}
+
+// WithDurability makes the store's final writes wait for Redis replicas
+// (see Durability); a final record read back is confirmed too. It returns
+// the store.
+func (s *Store) WithDurability(d Durability) *Store {
+	s.dur = d
+	return s
 }
 
 // OnFinish sets a function called once for each record this store moves to
@@ -254,6 +263,11 @@ func (s *Store) update(ctx context.Context, id, rolloutStatus string, fn func(*R
 			return nil, fmt.Errorf("decode record %s: %w", id, err)
 		}
 		if r.Status.Final() {
+			// Final already: confirmed before anyone relies on it (a
+			// change run again after its final write was not confirmed).
+			if err := s.dur.confirm(ctx, s.rdb, s.prefix, "the record of "+id, readBack{values: []string{key}, ok: func(_ []bool, v []string) bool { return v[0] == string(b) }}); err != nil {
+				return &r, err
+			}
 			return &r, ErrFinal
 		}
 		if err := fn(&r); err != nil {
@@ -290,6 +304,11 @@ func (s *Store) update(ctx context.Context, id, rolloutStatus string, fn func(*R
 		}
 		if ok < 0 {
 			return nil, ErrRolloutChanged
+		}
+		if r.Status.Final() {
+			if err := s.dur.confirm(ctx, s.rdb, s.prefix, "the record of "+id, readBack{values: []string{key}, ok: func(_ []bool, v []string) bool { return v[0] == string(nb) }}); err != nil {
+				return &r, err
+			}
 		}
 		if finished && s.onFinish != nil {
 			s.onFinish(&r)

@@ -167,6 +167,22 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pa
 
 // ProcessTask implements asynq.Handler.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	err := h.process(ctx, t)
+	if errors.Is(err, tasks.ErrUnconfirmed) {
+		// A final record Redis replicas did not confirm (a failover under
+		// way): the task stays with asynq and runs again shortly, without
+		// using a retry; it finds its record final if the write survived,
+		// and confirms it then.
+		return &DeferError{Until: time.Now().Add(unconfirmedRetry), Reason: err.Error()}
+	}
+	return err
+}
+
+// unconfirmedRetry is how soon a change whose final record was not
+// confirmed runs again.
+const unconfirmedRetry = 2 * time.Second
+
+func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 	id := t.ResultWriter().TaskID()
 	if !tasks.ValidTaskID(id) {
 		// The id would name the record's key: a task wxdomain did not

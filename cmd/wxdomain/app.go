@@ -25,6 +25,7 @@ import (
 	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/metrics"
 	"github.com/wxdomain/wxdomain/internal/pause"
+	"github.com/wxdomain/wxdomain/internal/redisha"
 	"github.com/wxdomain/wxdomain/internal/rollout"
 	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechat"
@@ -42,10 +43,13 @@ type app struct {
 	platformsFile string
 	logLevel      string
 	logFormat     string
+
+	// ha counts unconfirmed writes and watches the Redis primary.
+	ha *redisha.Monitor
 }
 
 func newRootCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra.Command {
-	a := &app{getenv: getenv, stdout: stdout, stderr: stderr}
+	a := &app{getenv: getenv, stdout: stdout, stderr: stderr, ha: redisha.New()}
 	root := &cobra.Command{
 		Use:   "wxdomain",
 		Short: "Change WeChat third-party platforms' Mini Program jump domains, reliably, at fleet scale",
@@ -82,6 +86,7 @@ slow requests. See the README for every setting.`,
 		a.statusCommand(),
 		a.cancelCommand(),
 		a.platformsCommand(),
+		a.doctorCommand(),
 		a.serveCommand(),
 		a.rolloutCommand(),
 		a.fakeWeChatCommand(),
@@ -108,11 +113,23 @@ func (a *app) config() (config.Config, error) {
 }
 
 // newMetrics registers wxdomain's metrics and the queue collector.
-func newMetrics(rdb redis.UniversalClient) (*prometheus.Registry, *metrics.Metrics) {
+func (a *app) newMetrics(rdb redis.UniversalClient) (*prometheus.Registry, *metrics.Metrics) {
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 	reg.MustRegister(metrics.NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb)))
+	a.ha.SetMetrics(m)
 	return reg, m
+}
+
+// durability is what acknowledged writes wait for (WXDOMAIN_REDIS_MIN_REPLICAS).
+func (a *app) durability(cfg config.Config) tasks.Durability {
+	return tasks.Durability{MinReplicas: cfg.MinReplicas(), Timeout: cfg.RedisWaitTimeout, OnUnconfirmed: a.ha.Unconfirmed}
+}
+
+// watchPrimary logs a change of the Redis primary (a failover), once per
+// change, until ctx ends.
+func (a *app) watchPrimary(ctx context.Context, rdb redis.UniversalClient, log *zap.Logger) {
+	go a.ha.Run(ctx, rdb, time.Second, log.Named("redis"))
 }
 
 // start makes the logger and the Redis connection of a long-running
@@ -193,6 +210,15 @@ func openRedis(ctx context.Context, cfg config.Config) (redis.UniversalClient, e
 type producer struct {
 	rdb    redis.UniversalClient
 	client *tasks.Client
+	cfg    tasks.ClientConfig
+}
+
+// retrying is a client of the producer's that retries submissions Redis
+// did not confirm, for d.
+func (p *producer) retrying(d time.Duration, onRetry func(error, time.Duration)) *tasks.Client {
+	c := p.cfg
+	c.Retry, c.OnRetry = d, onRetry
+	return tasks.NewClient(p.rdb, c)
 }
 
 func (p *producer) Close() {
@@ -224,10 +250,10 @@ func (a *app) producer(ctx context.Context, needPlatforms bool, check func(tasks
 	if err != nil {
 		return nil, err
 	}
-	client := tasks.NewClient(rdb, tasks.ClientConfig{
-		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, Rules: rules,
-	})
-	return &producer{rdb: rdb, client: client}, nil
+	ccfg := tasks.ClientConfig{
+		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, Rules: rules, Durability: a.durability(cfg),
+	}
+	return &producer{rdb: rdb, client: tasks.NewClient(rdb, ccfg), cfg: ccfg}, nil
 }
 
 // platformProducer connects a tasks client for a command about one
@@ -253,7 +279,7 @@ type fleet struct {
 	log      *zap.Logger
 }
 
-func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, m *metrics.Metrics, log *zap.Logger) (*fleet, error) {
+func newFleet(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability, platforms *config.Platforms, m *metrics.Metrics, log *zap.Logger) (*fleet, error) {
 	wc, err := wechat.New(cfg.WeChatBaseURL, &http.Client{Timeout: cfg.HTTPTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("WXDOMAIN_WECHAT_BASE_URL: %w", err)
@@ -272,7 +298,7 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 		Lease: 2*cfg.HTTPTimeout + 5*time.Second,
 	}, log.Named("token"))
 	pauses := pause.NewStore(rdb, cfg.KeyPrefix)
-	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL)
+	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL).WithDurability(dur)
 	store.OnFinish(func(r *tasks.Record) { m.ChangeFinished(string(r.Status)) })
 	limiter := limit.New(rdb, cfg.KeyPrefix, limit.Rate{PerSecond: cfg.GlobalRate, Burst: cfg.GlobalBurst}, limit.Pacing{
 		Decrease: cfg.BusyDecrease, Increase: cfg.BusyIncrease, MinFactor: cfg.BusyMinFactor,
@@ -288,20 +314,21 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, platforms *config.Pl
 		BulkQueue:   cfg.BulkQueue,
 		Concurrency: cfg.Concurrency,
 	}, log)
-	svc, _ := rolloutService(rdb, cfg, platforms)
+	svc, _ := rolloutService(rdb, cfg, dur, platforms)
 	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, rollouts: svc, log: log}, nil
 }
 
 // rolloutService returns the rollout service and the tasks client under it.
-func rolloutService(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms) (*rollout.Service, *tasks.Client) {
+func rolloutService(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability, platforms *config.Platforms) (*rollout.Service, *tasks.Client) {
 	rules := tasks.Rules{MaxDomains: cfg.MaxDomains, KnownPlatform: platforms.Has}
-	client := tasks.NewClient(rdb, tasks.ClientConfig{Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, Rules: rules})
+	client := tasks.NewClient(rdb, tasks.ClientConfig{Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, Rules: rules, Durability: dur})
 	all := make([]string, len(platforms.List))
 	for i, p := range platforms.List {
 		all[i] = p.AppID
 	}
 	return rollout.New(rdb, client, rollout.Config{
 		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, BulkQueue: cfg.BulkQueue, Platforms: all, Rules: rules, TTL: cfg.RolloutTTL, BatchSize: cfg.FanoutBatch,
+		Durability: dur,
 	}), client
 }
 
@@ -371,7 +398,8 @@ func (a *app) workerCommand() *cobra.Command {
 				return err
 			}
 			defer done()
-			reg, m := newMetrics(rdb)
+			reg, m := a.newMetrics(rdb)
+			a.watchPrimary(ctx, rdb, log)
 			if cfg.MetricsAddr != "" {
 				tokens := revealTokens(cfg)
 				if len(tokens) == 0 && !cfg.MetricsPublic {
@@ -386,7 +414,7 @@ func (a *app) workerCommand() *cobra.Command {
 				go func() { _ = serve(ctx, ln, mux, cfg) }()
 				log.Info("metrics listening", zap.String("addr", ln.Addr().String()))
 			}
-			f, err := newFleet(rdb, cfg, platforms, m, log)
+			f, err := newFleet(rdb, cfg, a.durability(cfg), platforms, m, log)
 			if err != nil {
 				return err
 			}

@@ -62,7 +62,14 @@ func (a *app) enqueueCommand() *cobra.Command {
 				return err
 			}
 			defer p.Close()
-			rec, err := p.client.Enqueue(ctx, change, tasks.EnqueueOptions{IdempotencyKey: key})
+			// Redis not confirming the submission, or not answering (a
+			// failover), is tried again within --timeout under one
+			// idempotency key: never a second change.
+			client := p.retrying(timeout, func(err error, next time.Duration) {
+				fmt.Fprintf(a.stderr, "wxdomain: %v; trying again in %s\n", err, next)
+			})
+			defer client.Close()
+			rec, err := client.Enqueue(ctx, change, tasks.EnqueueOptions{IdempotencyKey: key})
 			if err != nil {
 				return describe(err)
 			}
@@ -79,7 +86,7 @@ func (a *app) enqueueCommand() *cobra.Command {
 	f.BoolVar(&change.Publish, "publish", false, "also change the published configuration (is_modify_published_together)")
 	f.StringVar(&key, "key", "", "idempotency key: the same key and change return the first task")
 	f.BoolVar(&wait, "wait", false, "wait for the final record")
-	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long --wait waits")
+	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to keep trying while Redis does not confirm the submission (a failover), and how long --wait waits")
 	_ = cmd.MarkFlagRequired("platform")
 	_ = cmd.MarkFlagRequired("action")
 	return cmd

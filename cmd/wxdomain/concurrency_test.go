@@ -182,7 +182,7 @@ func TestConcurrencyFromOutside(t *testing.T) {
 		require.NoError(t, err)
 		platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
 		require.NoError(t, err)
-		svc, client := rolloutService(f.rb.Client, cfg, platforms)
+		svc, client := rolloutService(f.rb.Client, cfg, tasks.Durability{}, platforms)
 		t.Cleanup(func() { _ = svc.Close(); _ = client.Close() })
 		ctx := context.Background()
 		twice := 0

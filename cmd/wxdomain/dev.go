@@ -93,8 +93,8 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 	defer func() { _ = log.Sync() }()
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
-	reg, m := newMetrics(rdb)
-	f, err := newFleet(rdb, cfg, platforms, m, log)
+	reg, m := a.newMetrics(rdb)
+	f, err := newFleet(rdb, cfg, a.durability(cfg), platforms, m, log)
 	if err != nil {
 		return err
 	}

@@ -34,7 +34,7 @@ func (a *app) rollouts(ctx context.Context) (*rolloutsConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	svc, client := rolloutService(rdb, cfg, platforms)
+	svc, client := rolloutService(rdb, cfg, a.durability(cfg), platforms)
 	return &rolloutsConn{svc: svc, close: func() {
 		_ = svc.Close()
 		_ = client.Close()

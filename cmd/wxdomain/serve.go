@@ -68,7 +68,8 @@ long polls end 5s before it), error answers never exceed 16 KiB.`,
 			}
 			fmt.Fprintf(a.stdout, "wxdomain API listening on http://%s\n", ln.Addr())
 
-			reg, m := newMetrics(rdb)
+			reg, m := a.newMetrics(rdb)
+			a.watchPrimary(ctx, rdb, log)
 			handler, err := a.apiHandler(rdb, cfg, platforms, tokens, reg, log)
 			if err != nil {
 				return err
@@ -79,7 +80,7 @@ long polls end 5s before it), error answers never exceed 16 KiB.`,
 			go func() { errc <- serve(sctx, ln, handler, cfg) }()
 			running := 1
 			if withWorker {
-				f, err := newFleet(rdb, cfg, platforms, m, log)
+				f, err := newFleet(rdb, cfg, a.durability(cfg), platforms, m, log)
 				if err != nil {
 					return err
 				}
@@ -128,7 +129,7 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 	if err != nil {
 		return nil, err
 	}
-	rollouts, client := rolloutService(rdb, cfg, platforms)
+	rollouts, client := rolloutService(rdb, cfg, a.durability(cfg), platforms)
 	return httpapi.New(httpapi.Config{
 		Client:          client,
 		Rollouts:        rollouts,

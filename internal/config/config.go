@@ -63,6 +63,12 @@ type Config struct {
 	RolloutTTL time.Duration
 	// FanoutBatch is how many changes a rollout's fan-out queues per step.
 	FanoutBatch int
+	// RedisMinReplicas is how many replicas must confirm an acknowledged
+	// write; -1 (the default): 1 with a Sentinel URL, else 0. See
+	// MinReplicas.
+	RedisMinReplicas int
+	// RedisWaitTimeout bounds the wait for replicas.
+	RedisWaitTimeout time.Duration
 	// APITokens authenticate the HTTP API; never logged.
 	APITokens []Secret
 	// Errcode classification of modify_wxa_jump_domain (see worker.Policy).
@@ -116,6 +122,8 @@ func Default() Config {
 		PushMaxSkew:        5 * time.Minute,
 		RolloutTTL:         30 * 24 * time.Hour,
 		FanoutBatch:        500,
+		RedisMinReplicas:   -1,
+		RedisWaitTimeout:   time.Second,
 		Queue:              tasks.QueueDefault,
 		KeyPrefix:          tasks.DefaultPrefix,
 		LogLevel:           zapcore.InfoLevel,
@@ -201,6 +209,17 @@ var Settings = []Setting{
 	{"WXDOMAIN_PUSH_MAX_SKEW", durationSetting(func(c *Config) *time.Duration { return &c.PushMaxSkew }, 10*time.Second)},
 	{"WXDOMAIN_ROLLOUT_TTL", durationSetting(func(c *Config) *time.Duration { return &c.RolloutTTL }, time.Second)},
 	{"WXDOMAIN_FANOUT_BATCH", intSetting(func(c *Config) *int { return &c.FanoutBatch }, 1, 5000)},
+	{"WXDOMAIN_REDIS_MIN_REPLICAS", intSetting(func(c *Config) *int { return &c.RedisMinReplicas }, 0, 10)},
+	{"WXDOMAIN_REDIS_WAIT_TIMEOUT", func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		// Below the Redis client's 3s read timeout, which a WAIT in a
+		// pipeline is read under.
+		if err != nil || d < 10*time.Millisecond || d > 2*time.Second {
+			return fmt.Errorf("%q: want a duration from 10ms to 2s, such as 1s", v)
+		}
+		c.RedisWaitTimeout = d
+		return nil
+	}},
 	{"WXDOMAIN_TRUSTED_ORIGINS", func(c *Config, v string) error {
 		c.TrustedOrigins = nil
 		for _, o := range strings.Split(v, ",") {
@@ -231,6 +250,20 @@ var Settings = []Setting{
 		c.LogFormat = v
 		return nil
 	}},
+}
+
+// MinReplicas is how many Redis replicas must confirm an acknowledged
+// write: WXDOMAIN_REDIS_MIN_REPLICAS, or by default 1 when the Redis URL
+// names Sentinels (a failover is then expected, and a replica is there to
+// confirm) and 0 otherwise (a lone Redis has no replica to wait for).
+func (c Config) MinReplicas() int {
+	if c.RedisMinReplicas >= 0 {
+		return c.RedisMinReplicas
+	}
+	if IsSentinelURL(c.RedisURL) {
+		return 1
+	}
+	return 0
 }
 
 // FromEnv reads the settings; unset or empty variables keep their defaults.

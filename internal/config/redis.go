@@ -60,6 +60,15 @@ func OpenRedis(rawURL string) (redis.UniversalClient, error) {
 	return nil, fmt.Errorf("WXDOMAIN_REDIS_URL: scheme %q: want redis://, rediss:// or redis-sentinel://", u.Scheme)
 }
 
+// IsSentinelURL tells whether a Redis URL names Sentinels.
+func IsSentinelURL(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return false
+	}
+	return u.Scheme == "redis-sentinel" || u.Query().Get("master_name") != ""
+}
+
 func checkRedisURL(v string) error {
 	c, err := OpenRedis(v)
 	if err != nil {

@@ -727,8 +727,27 @@ func queryInt(r *http.Request, name string, def, maxV int) int {
 	return min(n, maxV)
 }
 
+// retryAfterSeconds is what a 503 asks a client to wait.
+const retryAfterSeconds = "1"
+
 // internal answers 500 and logs the cause once; the client sees no detail.
+// A write Redis replicas did not confirm, or a Redis that does not answer
+// for the moment (a failover), is 503 with Retry-After: the request is
+// safe to send again (with its idempotency key), and the failover itself
+// is logged once by the process, not once per request.
 func (a *api) internal(w http.ResponseWriter, r *http.Request, err error) {
+	if errors.Is(err, tasks.ErrUnconfirmed) {
+		a.cfg.Log.Debug("request not confirmed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		writeError(w, http.StatusServiceUnavailable, "not_confirmed", err.Error(), nil)
+		return
+	}
+	if tasks.RedisUnavailable(err) {
+		a.cfg.Log.Debug("redis unavailable", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+		w.Header().Set("Retry-After", retryAfterSeconds)
+		writeError(w, http.StatusServiceUnavailable, "redis_unavailable", "Redis does not answer for the moment (a failover?); send the request again, with the same idempotency key", nil)
+		return
+	}
 	a.cfg.Log.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 	writeError(w, http.StatusInternalServerError, "internal", "internal error; see the server log", nil)
 }

@@ -21,6 +21,8 @@ type Metrics struct {
 	limiterWait  prometheus.Histogram
 	deferrals    *prometheus.CounterVec
 	pauses       *prometheus.CounterVec
+	failovers    prometheus.Counter
+	unconfirmed  prometheus.Counter
 }
 
 // New registers the metrics, plus Go and process collectors, on reg.
@@ -47,10 +49,30 @@ func New(reg prometheus.Registerer) *Metrics {
 		pauses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxdomain_platform_pauses_total", Help: "Platform pauses started, by platform and errcode (0: operator needed without errcode).",
 		}, []string{"platform", "errcode"}),
+		failovers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wxdomain_redis_failovers_total", Help: "Changes of the Redis primary this process writes to (a failover, or a restart).",
+		}),
+		unconfirmed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "wxdomain_redis_unconfirmed_writes_total", Help: "Acknowledgements withheld because Redis replicas did not confirm the write (WXDOMAIN_REDIS_MIN_REPLICAS).",
+		}),
 	}
-	reg.MustRegister(m.changes, m.calls, m.callSeconds, m.tokenFetches, m.limiterWait, m.deferrals, m.pauses,
+	reg.MustRegister(m.changes, m.calls, m.callSeconds, m.tokenFetches, m.limiterWait, m.deferrals, m.pauses, m.failovers, m.unconfirmed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// RedisFailover counts a change of the Redis primary.
+func (m *Metrics) RedisFailover() {
+	if m != nil {
+		m.failovers.Inc()
+	}
+}
+
+// RedisUnconfirmedWrite counts a write replicas did not confirm.
+func (m *Metrics) RedisUnconfirmedWrite() {
+	if m != nil {
+		m.unconfirmed.Inc()
+	}
 }
 
 // ChangeFinished counts a change's final status.

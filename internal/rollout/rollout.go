@@ -101,6 +101,9 @@ type Config struct {
 	Rules     tasks.Rules
 	// BatchSize is how many tasks a fan-out step enqueues; default 500.
 	BatchSize int
+	// Durability makes Create and Retry wait for Redis replicas before
+	// they report success (see tasks.Durability).
+	Durability tasks.Durability
 	// TTL is how long a finished rollout stays readable; default
 	// DefaultTTL.
 	TTL time.Duration
@@ -247,6 +250,9 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 	}
 	r.Counts.Queued = r.Total
 	if err := s.queueFanout(ctx, r.ID, 0); err != nil {
+		return nil, err
+	}
+	if err := s.confirm(ctx, r.ID); err != nil {
 		return nil, err
 	}
 	s.sweep(ctx)
@@ -676,7 +682,16 @@ func (s *Service) Retry(ctx context.Context, id string) (*Rollout, error) {
 	if err := s.queueFanout(ctx, id, attempt); err != nil {
 		return nil, err
 	}
+	if err := s.confirm(ctx, id); err != nil {
+		return nil, err
+	}
 	return s.Get(ctx, id)
+}
+
+// confirm waits for Redis replicas to have the rollout (see
+// tasks.Durability): its record, and its fan-out's cursor.
+func (s *Service) confirm(ctx context.Context, id string) error {
+	return s.cfg.Durability.Confirm(ctx, s.rdb, s.cfg.Prefix, "rollout "+id, s.key(id), s.stateKey(id))
 }
 
 // Close releases the asynq client.

@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,19 +38,23 @@ import (
 
 // Results are the figures of one run; the ratio keys are what users compare.
 type Results struct {
-	EnqueueRatio1       float64            `json:"enqueue_ratio_1"`
-	EnqueueRatio8       float64            `json:"enqueue_ratio_8"`
-	OverheadRatio       float64            `json:"overhead_ratio"`
-	ThroughputRatio     float64            `json:"throughput_ratio"`
-	LimitRatio          float64            `json:"limit_ratio"`
-	GlobalLimitRatio    float64            `json:"global_limit_ratio"`
-	StormCallsRatio     float64            `json:"storm_calls_ratio"`
-	StormTimeRatio      float64            `json:"storm_time_ratio"`
-	RolloutTimeRatio    float64            `json:"rollout_time_ratio"`
-	WorkerRSSMiB        float64            `json:"worker_rss_mib"`
-	WorkerRSSLoadMiB    float64            `json:"worker_rss_load_mib"`
-	RedisBytesPerRecord float64            `json:"redis_bytes_per_record"`
-	Raw                 map[string]float64 `json:"raw"`
+	EnqueueRatio1 float64 `json:"enqueue_ratio_1"`
+	EnqueueRatio8 float64 `json:"enqueue_ratio_8"`
+	// With WXDOMAIN_REDIS_MIN_REPLICAS=1 against a local replica; 0 when
+	// no redis-server could be started for it.
+	DurableEnqueueRatio1 float64            `json:"durable_enqueue_ratio_1"`
+	DurableEnqueueRatio8 float64            `json:"durable_enqueue_ratio_8"`
+	OverheadRatio        float64            `json:"overhead_ratio"`
+	ThroughputRatio      float64            `json:"throughput_ratio"`
+	LimitRatio           float64            `json:"limit_ratio"`
+	GlobalLimitRatio     float64            `json:"global_limit_ratio"`
+	StormCallsRatio      float64            `json:"storm_calls_ratio"`
+	StormTimeRatio       float64            `json:"storm_time_ratio"`
+	RolloutTimeRatio     float64            `json:"rollout_time_ratio"`
+	WorkerRSSMiB         float64            `json:"worker_rss_mib"`
+	WorkerRSSLoadMiB     float64            `json:"worker_rss_load_mib"`
+	RedisBytesPerRecord  float64            `json:"redis_bytes_per_record"`
+	Raw                  map[string]float64 `json:"raw"`
 }
 
 // Run measures everything against the Redis at url, in its own key space.
@@ -78,6 +84,7 @@ func Run(ctx context.Context, url string, progress io.Writer) (*Results, error) 
 		fn   func(*env) error
 	}{
 		{"enqueue", func(e *env) error { return e.enqueue(r) }},
+		{"durable enqueue", func(e *env) error { return e.durableEnqueue(r, opt.Addr, progress) }},
 		{"overhead", func(e *env) error { return e.overhead(r) }},
 		{"throughput", func(e *env) error { return e.throughput(r) }},
 		{"limits", func(e *env) error { return e.limits(r) }},
@@ -281,6 +288,89 @@ func (e *env) enqueue(r *Results) error {
 			r.EnqueueRatio1 = ours / rawRate
 		} else {
 			r.EnqueueRatio8 = ours / rawRate
+		}
+	}
+	return nil
+}
+
+// durableEnqueue measures enqueue with one replica confirming each
+// submission (WXDOMAIN_REDIS_MIN_REPLICAS=1): a replica of the bench's
+// Redis is started for it (redis-server from PATH) and removed after.
+func (e *env) durableEnqueue(r *Results, primary string, progress io.Writer) error {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		fmt.Fprintf(progress, "bench: no redis-server to start a replica (%v); durable enqueue not measured\n", err)
+		return nil
+	}
+	host, port, err := net.SplitHostPort(primary)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	rport := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	_ = ln.Close()
+	dir, err := os.MkdirTemp("", "wxbench-replica-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	replica := exec.Command(bin, "--port", rport, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, "--replicaof", host, port)
+	if err := replica.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		_ = replica.Process.Kill()
+		_ = replica.Wait()
+	}()
+	// In sync once it acknowledges writes, three times running.
+	deadline := time.Now().Add(60 * time.Second)
+	for ok := 0; ok < 3; {
+		var wait *redis.Cmd
+		_, err := e.rdb.Pipelined(e.ctx, func(p redis.Pipeliner) error {
+			p.Set(e.ctx, e.prefix+"sync", ok, time.Minute)
+			wait = p.Do(e.ctx, "WAIT", 1, 200)
+			return nil
+		})
+		if n, _ := wait.Int(); err == nil && n >= 1 {
+			ok++
+			continue
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the replica did not come in sync: %v", err)
+		}
+		ok = 0
+		time.Sleep(100 * time.Millisecond)
+	}
+	c := tasks.NewClient(e.rdb, tasks.ClientConfig{Prefix: e.prefix, Queue: e.queue, Durability: tasks.Durability{MinReplicas: 1, Timeout: time.Second}})
+	defer c.Close()
+	raw := asynq.NewClientFromRedisClient(e.rdb)
+	defer raw.Close()
+	const n = 2000
+	payload, _ := json.Marshal(tasks.JumpDomainChange{Platform: e.apps[0], Action: tasks.ActionAdd, Domains: []string{"a.example.com"}})
+	for _, g := range []int{1, 8} {
+		rawRate, err := rate(n, g, func(int) error {
+			_, err := raw.EnqueueContext(e.ctx, asynq.NewTask(tasks.TypeJumpDomain, payload), asynq.Queue(e.queue+"_raw"))
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		ours, err := rate(n, g, func(i int) error {
+			_, err := c.Enqueue(e.ctx, tasks.JumpDomainChange{Platform: e.apps[i%len(e.apps)], Action: tasks.ActionAdd, Domains: []string{"a.example.com"}}, tasks.EnqueueOptions{})
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		r.Raw[fmt.Sprintf("durable_enqueue_raw_per_s_%d", g)] = rawRate
+		r.Raw[fmt.Sprintf("durable_enqueue_ours_per_s_%d", g)] = ours
+		if g == 1 {
+			r.DurableEnqueueRatio1 = ours / rawRate
+		} else {
+			r.DurableEnqueueRatio8 = ours / rawRate
 		}
 	}
 	return nil
@@ -575,6 +665,8 @@ func (r *Results) Markdown() string {
 	}{
 		{"enqueue, 1 goroutine (ours ÷ raw asynq)", "≥ 0.9", r.EnqueueRatio1, "%.2f"},
 		{"enqueue, 8 goroutines (ours ÷ raw asynq)", "≥ 0.9", r.EnqueueRatio8, "%.2f"},
+		{"enqueue, 1 goroutine, 1 replica must confirm (ours ÷ raw asynq)", "", r.DurableEnqueueRatio1, "%.2f"},
+		{"enqueue, 8 goroutines, 1 replica must confirm (ours ÷ raw asynq)", "", r.DurableEnqueueRatio8, "%.2f"},
 		{"processing overhead (ours ÷ raw asynq no-op)", "≥ 0.7", r.OverheadRatio, "%.2f"},
 		{"throughput, 50 ms upstream, concurrency 100 (÷ ideal)", "≥ 0.95", r.ThroughputRatio, "%.2f"},
 		{"per-platform limit 20/s (achieved ÷ configured)", "0.95–1.0", r.LimitRatio, "%.3f"},

@@ -221,7 +221,7 @@ func (c *Client) enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 		return c.enqueueOnce(ctx, opts.TaskID, change, queue, opts)
 	}
 	if opts.IdempotencyKey != "" {
-		if !validKey(opts.IdempotencyKey) {
+		if !ValidIdempotencyKey(opts.IdempotencyKey) {
 			return nil, ErrInvalidIdempotencyKey
 		}
 		entry := idempotencyEntry{TaskID: taskID, Fingerprint: fingerprint(change, queue)}
@@ -651,7 +651,9 @@ func newTaskID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func validKey(k string) bool {
+// ValidIdempotencyKey tells whether k is an idempotency key: 1 to 255
+// printable characters.
+func ValidIdempotencyKey(k string) bool {
 	if len(k) == 0 || len(k) > 255 {
 		return false
 	}

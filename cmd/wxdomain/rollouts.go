@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,6 +71,7 @@ func (a *app) rolloutCommand() *cobra.Command {
 		action, domains string
 		platforms       string
 		wait            bool
+		timeout         time.Duration
 	)
 	create := &cobra.Command{
 		Use:   "create --action add --domains a.com --platforms wx1,wx2|--all [--publish] [--ensure] [--dry-run] [--wait]",
@@ -78,7 +81,15 @@ func (a *app) rolloutCommand() *cobra.Command {
 			spec.Action = tasks.Action(action)
 			spec.Domains = splitList(domains)
 			spec.Platforms = splitList(platforms)
-			r, err := c.svc.Create(ctx, spec)
+			// Redis not confirming the creation, or not answering (a
+			// failover), is tried again within --timeout under one key
+			// (made up if none was given): never a second rollout.
+			if spec.IdempotencyKey == "" && !spec.DryRun {
+				spec.IdempotencyKey = "retry:" + newRandomKey()
+			}
+			r, err := createRetrying(ctx, c.svc, spec, timeout, func(err error, next time.Duration) {
+				fmt.Fprintf(a.stderr, "wxdomain: %v; trying again in %s\n", err, next)
+			})
 			if err != nil {
 				return describe(err)
 			}
@@ -98,6 +109,8 @@ func (a *app) rolloutCommand() *cobra.Command {
 	f.BoolVar(&spec.Ensure, "ensure", false, "read each platform's list first and call only for the difference")
 	f.BoolVar(&spec.DryRun, "dry-run", false, "validate and show what would be called; call nothing")
 	f.BoolVar(&wait, "wait", false, "follow the rollout until it is done")
+	f.StringVar(&spec.IdempotencyKey, "key", "", "idempotency key: the same key and rollout return the first rollout")
+	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to keep trying while Redis does not confirm the creation (a failover)")
 	_ = create.MarkFlagRequired("action")
 
 	var watch bool
@@ -208,6 +221,33 @@ func code(c *int) string {
 		return "-"
 	}
 	return strconv.Itoa(*c)
+}
+
+// createRetrying creates a rollout, trying again for d while Redis does
+// not confirm it or does not answer; the spec's idempotency key makes
+// every try the same rollout.
+func createRetrying(ctx context.Context, svc *rollout.Service, spec rollout.Spec, d time.Duration, onRetry func(error, time.Duration)) (*rollout.Rollout, error) {
+	deadline := time.Now().Add(d)
+	delay := 100 * time.Millisecond
+	for {
+		r, err := svc.Create(ctx, spec)
+		if err == nil || !tasks.Retryable(err) || time.Now().Add(delay).After(deadline) {
+			return r, err
+		}
+		onRetry(err, delay)
+		select {
+		case <-ctx.Done():
+			return nil, errors.Join(err, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 2*time.Second)
+	}
+}
+
+func newRandomKey() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func splitList(s string) []string {

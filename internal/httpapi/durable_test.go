@@ -48,9 +48,11 @@ func TestUnconfirmedSubmissionIs503(t *testing.T) {
 	assert.Equal(t, "not_confirmed", errCode(r))
 	assert.Equal(t, "1", r.header.Get("Retry-After"))
 	assert.Contains(t, r.body["error"].(map[string]any)["message"], "0 of 1 Redis replicas")
-	ro := b.do(t, http.MethodPost, "/v1/rollouts", `{"action":"add","domains":["a.example.com"],"platforms":"all"}`)
+	rolloutBody := `{"action":"add","domains":["a.example.com"],"platforms":"all"}`
+	ro := b.do(t, http.MethodPost, "/v1/rollouts", rolloutBody, "Idempotency-Key", "r1")
 	assert.Equal(t, http.StatusServiceUnavailable, ro.status, ro.body)
 	assert.Equal(t, "1", ro.header.Get("Retry-After"))
+	assert.Contains(t, ro.body["error"].(map[string]any)["message"], "rollout")
 
 	p.ContinueReplica()
 	r = b.do(t, http.MethodPost, "/v1/changes", body, "Idempotency-Key", "k1")
@@ -58,4 +60,14 @@ func TestUnconfirmedSubmissionIs503(t *testing.T) {
 	keys, err := p.Client.Keys(context.Background(), p.Prefix+"record:*").Result()
 	require.NoError(t, err)
 	assert.Len(t, keys, 1, "one change")
+
+	ro = b.do(t, http.MethodPost, "/v1/rollouts", rolloutBody, "Idempotency-Key", "r1")
+	require.Equal(t, http.StatusOK, ro.status, ro.body)
+	assert.Equal(t, true, ro.body["replayed"])
+	again := b.do(t, http.MethodPost, "/v1/rollouts", rolloutBody, "Idempotency-Key", "r1")
+	assert.Equal(t, ro.body["rollout_id"], again.body["rollout_id"], "one rollout per key")
+	other := b.do(t, http.MethodPost, "/v1/rollouts", `{"action":"delete","domains":["a.example.com"],"platforms":"all"}`, "Idempotency-Key", "r1")
+	assert.Equal(t, http.StatusConflict, other.status, other.body)
+	list := b.do(t, http.MethodGet, "/v1/rollouts", "")
+	assert.Len(t, list.body["rollouts"], 1, "%v", list.body)
 }

@@ -646,14 +646,22 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "malformed_json", `platforms must be a list of appids or "all"`, nil)
 		return
 	}
+	spec.IdempotencyKey = r.Header.Get("Idempotency-Key")
 	ro, err := a.cfg.Rollouts.Create(r.Context(), spec)
 	var ve *tasks.ValidationError
 	switch {
 	case errors.As(err, &ve):
 		writeError(w, http.StatusUnprocessableEntity, ve.Code(), ve.Error(), ve.Problems)
+	case errors.Is(err, tasks.ErrIdempotencyConflict):
+		writeError(w, http.StatusConflict, "idempotency_conflict", err.Error(), nil)
+	case errors.Is(err, tasks.ErrInvalidIdempotencyKey):
+		writeError(w, http.StatusBadRequest, "invalid_idempotency_key", err.Error(), nil)
 	case err != nil:
 		a.internal(w, r, err)
-	case ro.Mode == rollout.ModeDryRun:
+	case ro.Mode == rollout.ModeDryRun || ro.Replayed:
+		if ro.Replayed {
+			w.Header().Set("Location", "/v1/rollouts/"+ro.ID)
+		}
 		writeJSON(w, http.StatusOK, ro)
 	default:
 		w.Header().Set("Location", "/v1/rollouts/"+ro.ID)

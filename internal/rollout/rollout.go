@@ -7,6 +7,7 @@ package rollout
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -55,6 +56,10 @@ type Spec struct {
 	All       bool         `json:"-"`
 	Ensure    bool         `json:"ensure"`
 	DryRun    bool         `json:"dry_run"`
+	// IdempotencyKey makes creating the same rollout again return the
+	// first one (Replayed); the same key with another spec is refused
+	// with tasks.ErrIdempotencyConflict.
+	IdempotencyKey string `json:"-"`
 }
 
 // Counts are the platforms per status.
@@ -86,6 +91,8 @@ type Rollout struct {
 	Error string `json:"error,omitempty"`
 	// Plan lists what a dry run would call.
 	Plan []tasks.JumpDomainChange `json:"plan,omitempty"`
+	// Replayed: an idempotency key's first rollout, returned again.
+	Replayed bool `json:"replayed,omitempty"`
 }
 
 // ErrNotFound is returned for an unknown rollout id.
@@ -222,11 +229,20 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 		return r, nil
 	}
 	domains, _ := json.Marshal(r.Domains)
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	fp := ""
+	if spec.IdempotencyKey != "" {
+		// The key names the rollout: a second creation finds the first.
+		if !tasks.ValidIdempotencyKey(spec.IdempotencyKey) {
+			return nil, tasks.ErrInvalidIdempotencyKey
+		}
+		r.ID = keyID(s.cfg.Prefix, spec.IdempotencyKey)
+		fp = specFingerprint(r, platforms)
+	}
+	write := func(p redis.Pipeliner) error {
 		p.HSet(ctx, s.key(r.ID), map[string]any{
 			"name": r.Name, "action": string(r.Action), "domains": string(domains), "publish": strconv.FormatBool(r.Publish),
 			"mode": r.Mode, "status": r.Status, "total": r.Total, "attempt": 0, "created_at": r.CreatedAt.Format(time.RFC3339Nano),
-			"ttl_ms": s.cfg.TTL.Milliseconds(),
+			"ttl_ms": s.cfg.TTL.Milliseconds(), "fingerprint": fp,
 		})
 		for _, chunk := range chunks(platforms, 1000) {
 			args := make([]any, len(chunk))
@@ -244,7 +260,32 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 		p.Set(ctx, s.cursorKey(r.ID, 0), 0, 0)
 		p.ZAdd(ctx, s.indexKey(), redis.Z{Score: float64(r.CreatedAt.UnixMilli()), Member: r.ID})
 		return nil
-	})
+	}
+	var err error
+	if fp == "" {
+		_, err = s.rdb.TxPipelined(ctx, write)
+	} else {
+		// Created once: only while no rollout has the key's id.
+		err = s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+			had, err := tx.HGet(ctx, s.key(r.ID), "fingerprint").Result()
+			switch {
+			case err == nil:
+				return &replay{fingerprint: had}
+			case !errors.Is(err, redis.Nil):
+				return err
+			}
+			_, err = tx.TxPipelined(ctx, write)
+			return err
+		}, s.key(r.ID))
+		var rp *replay
+		switch {
+		case errors.Is(err, redis.TxFailedErr):
+			// Another creation with the key won: it is the rollout.
+			return s.replayed(ctx, r.ID, fp, fp)
+		case errors.As(err, &rp):
+			return s.replayed(ctx, r.ID, fp, rp.fingerprint)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("record rollout: %w", err)
 	}
@@ -257,6 +298,55 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 	}
 	s.sweep(ctx)
 	return r, nil
+}
+
+// replay is a rollout already created under an idempotency key.
+type replay struct{ fingerprint string }
+
+func (*replay) Error() string { return "rollout exists" }
+
+// replayed returns the rollout an idempotency key created first, after
+// making sure its fan-out is queued and it is confirmed (the first
+// creation may have stopped short of either); another spec under the same
+// key is a conflict.
+func (s *Service) replayed(ctx context.Context, id, want, had string) (*Rollout, error) {
+	if had != want {
+		return nil, fmt.Errorf("%w (rollout %s)", tasks.ErrIdempotencyConflict, id)
+	}
+	r, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.Status == StatusFanningOut {
+		if err := s.queueFanout(ctx, id, r.Attempt); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.confirm(ctx, id); err != nil {
+		return nil, err
+	}
+	r.Replayed = true
+	return r, nil
+}
+
+// keyID is the rollout id an idempotency key names.
+func keyID(prefix, key string) string {
+	sum := sha256.Sum256([]byte(prefix + "rollout:" + key))
+	return hex.EncodeToString(sum[:8])
+}
+
+// specFingerprint tells two creations apart: same key, another rollout.
+func specFingerprint(r *Rollout, platforms []string) string {
+	b, _ := json.Marshal(struct {
+		Name      string
+		Action    tasks.Action
+		Domains   []string
+		Publish   bool
+		Mode      string
+		Platforms []string
+	}{r.Name, r.Action, r.Domains, r.Publish, r.Mode, platforms})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // sweep drops from the index the rollouts that expired. Only a rollout

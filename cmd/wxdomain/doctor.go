@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -119,11 +118,6 @@ const (
 	unknown       = "unknown"
 )
 
-// exitProcess ends the process with doctor's status: main exits 1 on any
-// error and knows no other status, so doctor ends the process itself once
-// its report is out and its connections are closed.
-var exitProcess = os.Exit
-
 func (a *app) doctorCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
@@ -155,7 +149,7 @@ Exit status:
 			r, err := diagnose(cmd.Context(), cfg)
 			if err != nil {
 				if asJSON {
-					_ = a.printJSON(map[string]any{"redis_url": redactRedisURL(cfg.RedisURL), "error": err.Error(), "exit_status": 1})
+					_ = a.printJSON(map[string]any{"redis_url": config.RedactURL(cfg.RedisURL), "error": err.Error(), "exit_status": 1})
 				}
 				return err
 			}
@@ -168,7 +162,7 @@ Exit status:
 				return err
 			}
 			if r.ExitStatus != 0 {
-				exitProcess(r.ExitStatus)
+				return &exitStatus{code: r.ExitStatus}
 			}
 			return nil
 		},
@@ -180,7 +174,7 @@ Exit status:
 // diagnose connects and gathers the report; an error means there is none
 // (no connection, INFO refused).
 func diagnose(ctx context.Context, cfg config.Config) (*doctorReport, error) {
-	r := &doctorReport{RedisURL: redactRedisURL(cfg.RedisURL), configErr: map[string]error{}}
+	r := &doctorReport{RedisURL: config.RedactURL(cfg.RedisURL), configErr: map[string]error{}}
 	rdb, err := config.OpenRedis(cfg.RedisURL)
 	if err != nil {
 		return nil, err
@@ -657,29 +651,6 @@ func sentinelOptions(raw string) *redis.FailoverOptions {
 		return o
 	}
 	return nil
-}
-
-// redactRedisURL hides every password of a Redis URL: the user's
-// (config.RedactURL) and a go-redis Sentinel URL's ?password= (the master's).
-func redactRedisURL(raw string) string {
-	s := config.RedactURL(raw)
-	u, err := url.Parse(s)
-	if err != nil {
-		return s
-	}
-	q := u.Query()
-	changed := false
-	for k := range q {
-		if strings.Contains(strings.ToLower(k), "password") {
-			q.Set(k, "xxxxx")
-			changed = true
-		}
-	}
-	if !changed {
-		return s
-	}
-	u.RawQuery = q.Encode()
-	return u.String()
 }
 
 func randomHex() string {

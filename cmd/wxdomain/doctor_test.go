@@ -15,13 +15,14 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wxdomain/wxdomain/internal/config"
 	"github.com/wxdomain/wxdomain/internal/redistest"
 )
 
 const doctorPlatforms = "platforms:\n  - appid: " + appID + "\n    secret: s\n"
 
-// exitStatus is the exit status of a finished run of the binary.
-func exitStatus(t *testing.T, err error) int {
+// statusOf is the exit status of a finished run of the binary.
+func statusOf(t *testing.T, err error) int {
 	t.Helper()
 	if err == nil {
 		return 0
@@ -37,7 +38,7 @@ func doctorJSON(t *testing.T, c *cli) (doctorReport, int) {
 	out, errOut, err := c.run("doctor", "--json")
 	var r doctorReport
 	require.NoError(t, json.Unmarshal([]byte(out), &r), "stdout:\n%s\nstderr:\n%s", out, errOut)
-	return r, exitStatus(t, err)
+	return r, statusOf(t, err)
 }
 
 // markersLeft counts doctor's marker keys under the prefix.
@@ -58,7 +59,7 @@ func TestDoctorOnAStandaloneRedis(t *testing.T) {
 		t.Parallel()
 		c := newCLI(t, rb, doctorPlatforms, "WXDOMAIN_REDIS_MIN_REPLICAS=1", "WXDOMAIN_REDIS_WAIT_TIMEOUT=100ms")
 		out, errOut, err := c.run("doctor")
-		assert.Equal(t, 2, exitStatus(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
+		assert.Equal(t, 2, statusOf(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
 		assert.Regexp(t, `writes go to +127\.0\.0\.1:\d+, role master`, out)
 		assert.Regexp(t, `durable ack +cannot work: WXDOMAIN_REDIS_MIN_REPLICAS=1`, out)
 		assert.Contains(t, out, "WARNING: durable acknowledgement cannot work: WXDOMAIN_REDIS_MIN_REPLICAS=1 but 0 replicas online")
@@ -79,7 +80,7 @@ func TestDoctorOnAStandaloneRedis(t *testing.T) {
 		c := newCLI(t, rb, doctorPlatforms, "WXDOMAIN_REDIS_MIN_REPLICAS=0")
 		out, errOut, err := c.run("doctor")
 		// Whether the shared Redis persists decides between 0 and 2.
-		assert.Contains(t, []int{0, 2}, exitStatus(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
+		assert.Contains(t, []int{0, 2}, statusOf(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
 		assert.Regexp(t, `writes go to +127\.0\.0\.1:\d+, role master`, out)
 		assert.Regexp(t, `replicas +none connected`, out)
 		assert.Regexp(t, `durable ack +off: WXDOMAIN_REDIS_MIN_REPLICAS=0`, out)
@@ -151,7 +152,7 @@ func TestDoctorJudgesEvictionAndPersistence(t *testing.T) {
 			require.NoError(t, rdb.ConfigSet(context.Background(), tt.give[i], tt.give[i+1]).Err(), tt.name)
 		}
 		out, errOut, err := c.run("doctor")
-		assert.Equal(t, tt.wantStatus, exitStatus(t, err), "%s: stdout:\n%s\nstderr:\n%s", tt.name, out, errOut)
+		assert.Equal(t, tt.wantStatus, statusOf(t, err), "%s: stdout:\n%s\nstderr:\n%s", tt.name, out, errOut)
 		assert.Contains(t, out, tt.want, tt.name)
 	}
 	assert.Zero(t, markersLeft(t, rdb, rb.Prefix), "the markers are deleted")
@@ -172,7 +173,7 @@ func TestDoctorThroughSentinels(t *testing.T) {
 			rb := redistest.Bundle{URL: g.URL(form), Prefix: "wxdoctor:", Queue: "wxdoctor"}
 			c := newCLI(t, rb, doctorPlatforms)
 			out, errOut, err := c.run("doctor")
-			require.Equal(t, 0, exitStatus(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
+			require.Equal(t, 0, statusOf(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
 			assert.Regexp(t, `writes go to +`+g.Primary()+`, role master`, out)
 			assert.Regexp(t, `replicas +1 connected, 1 online`, out)
 			assert.Regexp(t, `sentinel +master `+redistest.SentinelMaster+`: flags master, quorum 2, 3 sentinels and 1 replica known`, out)
@@ -207,12 +208,12 @@ func TestDoctorCannotConnect(t *testing.T) {
 	c := newCLI(t, rb, doctorPlatforms)
 
 	out, errOut, err := c.run("doctor")
-	assert.Equal(t, 1, exitStatus(t, err))
+	assert.Equal(t, 1, statusOf(t, err))
 	assert.Contains(t, errOut, "cannot connect to Redis at redis://:xxxxx@"+addr)
 	assert.NotContains(t, out+errOut, password)
 
 	out, errOut, err = c.run("doctor", "--json")
-	assert.Equal(t, 1, exitStatus(t, err))
+	assert.Equal(t, 1, statusOf(t, err))
 	assert.Contains(t, out, `"error": "cannot connect to Redis`)
 	assert.NotContains(t, out+errOut, password)
 }
@@ -230,6 +231,6 @@ func TestDoctorRedactsRedisURL(t *testing.T) {
 		{"redis://h:6379/0", "redis://h:6379/0"},
 	}
 	for _, tt := range tests {
-		assert.Equal(t, tt.want, redactRedisURL(tt.give), tt.give)
+		assert.Equal(t, tt.want, config.RedactURL(tt.give), tt.give)
 	}
 }

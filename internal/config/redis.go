@@ -77,11 +77,24 @@ func checkRedisURL(v string) error {
 	return c.Close()
 }
 
-// RedactURL hides the password of a Redis URL, for logs and messages.
+// RedactURL hides the passwords of a Redis URL, for logs and messages:
+// the user's, and any in the query (a go-redis Sentinel URL's ?password=
+// and ?sentinel_password=).
 func RedactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparsable URL)"
+	}
+	q := u.Query()
+	changed := false
+	for k := range q {
+		if strings.Contains(strings.ToLower(k), "password") {
+			q.Set(k, "xxxxx")
+			changed = true
+		}
+	}
+	if changed {
+		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
 }

@@ -71,6 +71,8 @@ func run() error {
 		{"SIGTERM during load", termWorker},
 		{"upstream faults (reset, 502, truncated JSON, 20s stall)", upstreamFaults},
 		{"hostile requests to the API", badInput},
+		{"graceful Redis failover (Sentinel) mid-load", gracefulFailover},
+		{"SIGKILL the Redis primary (Sentinel) mid-load", killPrimary},
 	} {
 		if !match.MatchString(sc.name) {
 			continue

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -68,6 +69,9 @@ func failoverScenario(l *lab, kill bool) (string, bool, error) {
 			verdict += fmt.Sprintf("; baseline MIN_REPLICAS=0 (informational): %d acknowledged, %d lost (%d not found), %d failed enqueues, "+
 				"%d upstream calls for %d succeeded, %d changed domains without a succeeded record, %d not final after %s but held by asynq (not waited for)",
 				b.acked, len(b.lost), b.notFound, len(b.failed), b.calls, b.succeeded, len(b.orphans), len(b.lateStates), finalBound)
+			if len(b.switches) != 1 {
+				verdict += fmt.Sprintf(" (the sentinels switched %d times: %s; their logs: %s)", len(b.switches), strings.Join(b.switches, ", "), b.logs)
+			}
 		}
 	}
 	return verdict, ok, nil
@@ -98,6 +102,8 @@ type failoverRun struct {
 	lateStates  []string      // not final within finalBound but held by asynq (waiting for its recoverer)
 	lateAfter   time.Duration // how long after the switch the wait for them ended
 	notFound    int
+	switches    []string // as the sentinels logged them
+	logs        string   // where the group's logs were kept, when it did not switch once
 	dupOutside  []string
 	orphans     []string
 	warnings    []int
@@ -115,6 +121,9 @@ func (r *failoverRun) verdict() (string, bool) {
 	fmt.Fprintf(&b, "; primary %s → %s promoted in %s", r.sw.Old, r.sw.New, r.sw.Promoted.Round(100*time.Millisecond))
 	if r.sw.Settled > 0 {
 		fmt.Fprintf(&b, ", old primary a replica again after %s", r.sw.Settled.Round(100*time.Millisecond))
+	}
+	if len(r.switches) != 1 {
+		fmt.Fprintf(&b, "; the sentinels switched %d times: %s (their logs: %s)", len(r.switches), strings.Join(r.switches, ", "), r.logs)
 	}
 	fmt.Fprintf(&b, "; %q warnings per worker %v; workers alive: %v; slowest enqueue %s; run %s",
 		primaryChanged, r.warnings, r.alive, r.slowest.Round(100*time.Millisecond), r.took.Round(time.Second))
@@ -354,6 +363,10 @@ load:
 		}
 	}
 
+	r.switches = g.Switches()
+	if len(r.switches) != 1 {
+		r.logs = keepLogs(g.Dir())
+	}
 	r.alive = true
 	for _, w := range workers {
 		r.alive = r.alive && !w.exited()
@@ -569,6 +582,22 @@ func (p *liveProc) exited() bool {
 func (p *liveProc) kill() {
 	_ = p.cmd.Process.Kill()
 	<-p.done
+}
+
+// keepLogs copies the logs of a sentinel group out of the scenario's
+// directory, which is removed, and returns where.
+func keepLogs(dir string) string {
+	dst, err := os.MkdirTemp("", "wxchaos-sentinel-logs-")
+	if err != nil {
+		return err.Error()
+	}
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, f := range logs {
+		if b, err := os.ReadFile(f); err == nil {
+			_ = os.WriteFile(filepath.Join(dst, filepath.Base(f)), b, 0o600)
+		}
+	}
+	return dst
 }
 
 func withoutVar(env []string, name string) []string {

@@ -321,6 +321,9 @@ func (g *SentinelGroup) URL(form SentinelURLForm) string {
 	return u
 }
 
+// Dir is the group's directory: config files and a log per process.
+func (g *SentinelGroup) Dir() string { return g.dir }
+
 // SentinelAddrs are the sentinels' host:port.
 func (g *SentinelGroup) SentinelAddrs() []string {
 	out := make([]string, len(g.sentinels))
@@ -465,6 +468,33 @@ func (g *SentinelGroup) waitReplicaInSync(ctx context.Context, addr, primary str
 		}
 		return fmt.Errorf("%s does not list %s online", primary, addr)
 	})
+}
+
+// Switches lists the changes of primary the sentinels made, as
+// "old → new" in the order the first sentinel logged them (each sentinel
+// logs +switch-master when it adopts a new primary).
+func (g *SentinelGroup) Switches() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range g.sentinels {
+		b, _ := os.ReadFile(s.log)
+		for _, line := range strings.Split(string(b), "\n") {
+			_, ev, ok := strings.Cut(line, "+switch-master ")
+			if !ok {
+				continue
+			}
+			f := strings.Fields(ev) // name old-ip old-port new-ip new-port
+			if len(f) < 5 {
+				continue
+			}
+			sw := net.JoinHostPort(f[1], f[2]) + " → " + net.JoinHostPort(f[3], f[4])
+			if !seen[sw] {
+				seen[sw] = true
+				out = append(out, sw)
+			}
+		}
+	}
+	return out
 }
 
 // poll calls check every 100ms until it returns nil or ctx ends (then the

@@ -222,7 +222,6 @@ func (l *lab) failoverRun(kill bool, minReplicas int, awaitRecovery bool) (*fail
 			if r.swErr == nil {
 				// As a supervisor would: the node comes back, as a replica.
 				r.swErr = g.RestartNode(sctx, r.sw.Old)
-				r.sw.Settled = 0
 			}
 		} else {
 			r.sw, r.swErr = g.Failover(sctx)

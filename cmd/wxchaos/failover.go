@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -40,6 +41,10 @@ const (
 	recoveryBound  = 2 * time.Minute
 	upstreamDelay  = 200 // ms per call, so that changes are in flight at the switch
 	primaryChanged = "redis primary changed"
+	// enqueueTimeout is shorter than the ~10s a graceful failover leaves
+	// the new primary without a replica, so that some enqueues fail and
+	// are retried with their key, as an impatient producer would.
+	enqueueTimeout = "5s"
 )
 
 func gracefulFailover(l *lab) (string, bool, error) { return failoverScenario(l, false) }
@@ -115,7 +120,7 @@ type failoverRun struct {
 
 func (r *failoverRun) verdict() (string, bool) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "MIN_REPLICAS=%d: %d acknowledged, %d lost, %d failed enqueues (%d of them retried to the same task with the same key), "+
+	fmt.Fprintf(&b, "MIN_REPLICAS=%d: %d acknowledged at once, %d lost, %d failed enqueues (%d of them, repeated twice with their key, printed the same task both times), "+
 		"%d upstream calls for %d succeeded + %d in flight at the switch (%d calls repeated for changes not in flight), %d changed domains without a succeeded record",
 		r.minReplicas, r.acked, len(r.lost), len(r.failed), len(r.failed)-len(r.badRetries), r.calls, r.succeeded, r.inFlight,
 		len(r.dupOutside), len(r.orphans))
@@ -412,9 +417,9 @@ func awaitFinal(ctx context.Context, client *tasks.Client, byID map[string]tasks
 // enqueue runs `wxdomain enqueue` and returns the printed task id, or the
 // stderr of a non-zero exit.
 func (l *lab) enqueue(env []string, app, domain, key string) (taskID, errText string) {
-	out, errOut, err := l.cli(env, "enqueue", "--platform", app, "--action", "add", "--domains", domain, "--key", key, "--timeout", "30s")
+	out, errOut, err := l.cli(env, "enqueue", "--platform", app, "--action", "add", "--domains", domain, "--key", key, "--timeout", enqueueTimeout)
 	if err != nil {
-		return "", strings.TrimSpace(errOut + " " + err.Error())
+		return "", strings.TrimSpace(errOut) + " (" + err.Error() + ")"
 	}
 	var rec tasks.Record
 	if err := json.Unmarshal([]byte(out), &rec); err != nil || rec.TaskID == "" {
@@ -622,11 +627,13 @@ func mkdirTemp(dir, pattern string) string {
 	return d
 }
 
+var taskIDs = regexp.MustCompile(`\b[0-9a-f]{32}\b`)
+
 // distinct lists the different messages of failed enqueues, with counts.
 func distinct(rs []enqueueResult) string {
 	count := map[string]int{}
 	for _, r := range rs {
-		count[firstLine(r.err)]++
+		count[taskIDs.ReplaceAllString(lastLine(r.err), "ID")]++
 	}
 	var out []string
 	for m, n := range count {
@@ -636,10 +643,19 @@ func distinct(rs []enqueueResult) string {
 	return strings.Join(first(out, 4), ", ")
 }
 
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	if len(s) > 160 {
-		s = s[:160] + "…"
+// lastLine is the last line of a failed command's stderr that is not
+// go-redis's own logging: its final error (earlier lines announce retries).
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	s = lines[len(lines)-1]
+	for i := len(lines) - 1; i >= 0; i-- {
+		if lines[i] != "" && !strings.HasPrefix(lines[i], "redis: ") {
+			s = lines[i]
+			break
+		}
+	}
+	if len(s) > 200 {
+		s = s[:200] + "…"
 	}
 	return s
 }

@@ -741,7 +741,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
 	defer cancel()
 	if callErr == nil {
-		done, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
+		done, err := h.updateRetrying(ctx, rec.TaskID, func(r *tasks.Record) error {
 			applyAnswer(r, res)
 			r.Note = note
 			return nil
@@ -776,7 +776,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		})
 	}
 	var next time.Duration
-	updated, err := h.store.Update(ctx, rec.TaskID, func(r *tasks.Record) error {
+	updated, err := h.updateRetrying(ctx, rec.TaskID, func(r *tasks.Record) error {
 		r.Error = d.Reason
 		if d.APIErr != nil {
 			code := d.APIErr.Code
@@ -810,6 +810,26 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 	}
 	log.Warn("change failed", zap.String("reason", d.Reason))
 	return fmt.Errorf("%s: %w", d.Reason, asynq.SkipRetry)
+}
+
+// updateRetrying writes a record after WeChat answered, trying again
+// while Redis does not answer (a failover), within ctx: the handler then
+// returns once Redis is back, so that asynq's own move of the task (done,
+// retry) lands too. asynq v0.26 makes that move once, under a context
+// already canceled, and a move lost leaves the change shown running until
+// asynq's recoverer takes it back, minutes later.
+func (h *Handler) updateRetrying(ctx context.Context, id string, fn func(*tasks.Record) error) (*tasks.Record, error) {
+	delay := 100 * time.Millisecond
+	for {
+		rec, err := h.store.Update(ctx, id, fn)
+		if !tasks.RedisUnavailable(err) || ctx.Err() != nil {
+			return rec, err
+		}
+		if sleepCtx(ctx, delay) != nil {
+			return rec, err
+		}
+		delay = min(2*delay, time.Second)
+	}
 }
 
 // pausePlatform makes the whole fleet hold the platform's changes; the one
@@ -897,7 +917,7 @@ func (d deferral) kind() string {
 
 // recordWriteTimeout bounds record writes that must happen even though the
 // task's context has ended.
-const recordWriteTimeout = 10 * time.Second
+const recordWriteTimeout = 20 * time.Second
 
 // deferTask records that the change waits and hands it back to asynq to run
 // at d.until; past MaxDefer in all, the change fails instead.

@@ -50,6 +50,7 @@ type app struct {
 
 func newRootCommand(getenv func(string) string, stdout, stderr io.Writer) *cobra.Command {
 	a := &app{getenv: getenv, stdout: stdout, stderr: stderr, ha: redisha.New()}
+	redis.SetLogger(quietRedis{}) // until a long-running command logs them (start)
 	root := &cobra.Command{
 		Use:   "wxdomain",
 		Short: "Change WeChat third-party platforms' Mini Program jump domains, reliably, at fleet scale",
@@ -132,6 +133,19 @@ func (a *app) watchPrimary(ctx context.Context, rdb redis.UniversalClient, log *
 	go a.ha.Run(ctx, rdb, time.Second, log.Named("redis"))
 }
 
+// redisLog sends go-redis's own lines (a Sentinel switching, a dial
+// retried) to the process's log at debug, structured; a CLI command keeps
+// them off its stderr (quietRedis), which is the command's own answer.
+type redisLog struct{ log *zap.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.log.Debug(fmt.Sprintf(format, v...))
+}
+
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
+
 // start makes the logger and the Redis connection of a long-running
 // command; done releases them.
 func (a *app) start(ctx context.Context, cfg config.Config) (*zap.Logger, redis.UniversalClient, func(), error) {
@@ -139,6 +153,7 @@ func (a *app) start(ctx context.Context, cfg config.Config) (*zap.Logger, redis.
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	redis.SetLogger(redisLog{log: log.Named("go-redis")})
 	rdb, err := openRedis(ctx, cfg)
 	if err != nil {
 		return nil, nil, nil, err

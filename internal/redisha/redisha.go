@@ -74,34 +74,75 @@ func Identify(ctx context.Context, rdb redis.UniversalClient) (Primary, error) {
 	return pr, nil
 }
 
-// Run looks at the primary every interval until ctx ends, and logs one
-// warning when it changed: the old and new addresses and how many writes
-// this process could not confirm since the last change.
+// settleQuiet: a failover is over, for the count of unconfirmed writes,
+// once this long passed without one (or after settleMax in all). The new
+// primary often has no replica for a while after a graceful failover (the
+// old one rejoins it), and most unconfirmed writes fall there.
+const (
+	settleQuiet = 3 * time.Second
+	settleMax   = 2 * time.Minute
+)
+
+// change is a change of primary seen: when, and since when no write was
+// left unconfirmed (count is the total then).
+type change struct {
+	old, new      Primary
+	seen, quietAt time.Time
+	count         int64
+}
+
+// Run looks at the primary every interval until ctx ends. When it changed,
+// it logs one warning once the failover has settled (no unconfirmed write
+// for a few seconds): the old and new addresses, when the change was seen,
+// and how many writes this process could not confirm since the last one.
 func (mo *Monitor) Run(ctx context.Context, rdb redis.UniversalClient, interval time.Duration, log *zap.Logger) {
-	var last Primary
-	reported := int64(0)
+	var (
+		last     Primary
+		reported int64
+		// pending is a change seen and not yet said.
+		pending *change
+	)
 	t := time.NewTicker(interval)
 	defer t.Stop()
+	say := func() {
+		n := mo.unconfirmed.Load()
+		msg := "redis primary changed"
+		if pending.new.Addr == pending.old.Addr {
+			msg = "redis primary restarted" // same address, a new process: without persistence, a loss
+		}
+		log.Warn(msg, zap.String("old_addr", pending.old.Addr), zap.String("new_addr", pending.new.Addr),
+			zap.Int64("unconfirmed_writes", n-reported), zap.Time("seen_at", pending.seen), zap.String("new_role", pending.new.Role))
+		reported = n
+		pending = nil
+	}
 	for {
 		ictx, cancel := context.WithTimeout(ctx, interval+time.Second)
 		pr, err := Identify(ictx, rdb)
 		cancel()
+		now := time.Now()
 		if err == nil && pr.RunID != "" {
 			if last.RunID != "" && pr.RunID != last.RunID {
-				n := mo.unconfirmed.Load()
-				msg := "redis primary changed"
-				if pr.Addr == last.Addr {
-					msg = "redis primary restarted" // same address, a new process: without persistence, a loss
+				if pending != nil {
+					say() // a second change before the first settled
 				}
-				log.Warn(msg, zap.String("old_addr", last.Addr), zap.String("new_addr", pr.Addr),
-					zap.Int64("unconfirmed_writes", n-reported), zap.String("new_role", pr.Role))
-				reported = n
 				mo.metrics.Load().RedisFailover()
+				pending = &change{old: last, new: pr, seen: now, quietAt: now, count: mo.unconfirmed.Load()}
 			}
 			last = pr
 		}
+		if pending != nil {
+			if c := mo.unconfirmed.Load(); c != pending.count {
+				pending.count, pending.quietAt = c, now
+			}
+			if now.Sub(pending.quietAt) >= settleQuiet || now.Sub(pending.seen) >= settleMax {
+				say()
+			}
+		}
 		select {
 		case <-ctx.Done():
+			if pending != nil {
+				say()
+			}
 			return
 		case <-t.C:
 		}

@@ -352,6 +352,13 @@ func (h *Handler) sleepMax() time.Duration { return max(h.cfg.MaxWait, h.cfg.Lea
 // and using no attempt. The task finds its slot again when it comes back,
 // so a long backlog is deferred once per task, not polled.
 func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.JumpDomainChange, bulk bool) (waited time.Duration, deferred bool, err error) {
+	return h.awaitSlotTry(ctx, id, queue, change, bulk, 0)
+}
+
+// maxLateTries bounds how often a task woken too late takes its slot again.
+const maxLateTries = 3
+
+func (h *Handler) awaitSlotTry(ctx context.Context, id, queue string, change tasks.JumpDomainChange, bulk bool, try int) (waited time.Duration, deferred bool, err error) {
 	if h.limiter == nil {
 		return 0, false, nil
 	}
@@ -395,11 +402,29 @@ func (h *Handler) awaitSlot(ctx context.Context, id, queue string, change tasks.
 			reason: fmt.Sprintf("rate limit: call slot of platform %s (%g calls/s) reserved for %s", change.Platform, rate.PerSecond, slot.UTC().Format(time.RFC3339Nano)),
 		})
 	}
+	slot := time.Now().Add(wait)
 	if err := h.sleep(ctx, wait); err != nil {
 		return 0, false, err
 	}
+	if late := time.Since(slot); late > lateTolerance(rate) && try < maxLateTries {
+		// Woken late (a loaded host): the slot may have gone by, and a
+		// call now would bunch with the next slot's. The limiter says,
+		// on Redis's clock: still its own (call now), or a new one.
+		w, deferred, err := h.awaitSlotTry(ctx, id, queue, change, bulk, try+1)
+		return wait + w, deferred, err
+	}
 	h.cfg.Metrics.LimiterWait(wait)
 	return wait, false, nil
+}
+
+// lateTolerance is how late past its slot a task may call without asking
+// the limiter again: the limiter's own tolerance for the platform's lane.
+func lateTolerance(r limit.Rate) time.Duration {
+	tol := slotTolerance
+	if r.PerSecond > 0 {
+		tol = min(tol, time.Duration(float64(time.Second)/r.PerSecond/4))
+	}
+	return tol
 }
 
 // sleep waits, unless the task's context ends or the worker stops (the
@@ -463,20 +488,27 @@ func (h *Handler) nextSlot(ctx context.Context, appid, holder string) error {
 	if h.limiter == nil {
 		return nil
 	}
-	res, err := h.limiter.Reserve(ctx, limit.Request{
-		Platform: appid, Holder: holder, Rate: h.cfg.Rate(appid), MaxAhead: h.sleepMax(), Tolerance: slotTolerance,
-	})
-	if err != nil {
-		return err
+	rate := h.cfg.Rate(appid)
+	for try := 0; ; try++ {
+		res, err := h.limiter.Reserve(ctx, limit.Request{
+			Platform: appid, Holder: holder, Rate: rate, MaxAhead: h.sleepMax(), Tolerance: slotTolerance,
+		})
+		if err != nil {
+			return err
+		}
+		if !res.OK || res.Wait > h.sleepMax() {
+			return &SlotError{Platform: appid, Wait: res.Wait}
+		}
+		slot := time.Now().Add(res.Wait)
+		if err := sleepCtx(ctx, res.Wait); err != nil {
+			return err
+		}
+		// Woken late: the limiter says whether the slot is still its own.
+		if time.Since(slot) <= lateTolerance(rate) || try >= maxLateTries {
+			h.cfg.Metrics.LimiterWait(res.Wait)
+			return nil
+		}
 	}
-	if !res.OK || res.Wait > h.sleepMax() {
-		return &SlotError{Platform: appid, Wait: res.Wait}
-	}
-	if err := sleepCtx(ctx, res.Wait); err != nil {
-		return err
-	}
-	h.cfg.Metrics.LimiterWait(res.Wait)
-	return nil
 }
 
 // sleepCtx waits d, or until ctx ends.

@@ -418,14 +418,10 @@ func (h *Handler) awaitSlotTry(ctx context.Context, id, queue string, change tas
 }
 
 // lateTolerance is how late past its slot a task may call without asking
-// the limiter again: the limiter's own tolerance for the platform's lane.
-func lateTolerance(r limit.Rate) time.Duration {
-	tol := slotTolerance
-	if r.PerSecond > 0 {
-		tol = min(tol, time.Duration(float64(time.Second)/r.PerSecond/4))
-	}
-	return tol
-}
+// the limiter again. It is the limiter's own tolerance (slotTolerance), not
+// a lane's quarter interval: on a loaded host most wake-ups are a few ms
+// late, and asking again each time would give up good slots in a crowd.
+func lateTolerance(limit.Rate) time.Duration { return slotTolerance }
 
 // sleep waits, unless the task's context ends or the worker stops (the
 // task then goes back to the queue, keeping its slot).
@@ -488,27 +484,20 @@ func (h *Handler) nextSlot(ctx context.Context, appid, holder string) error {
 	if h.limiter == nil {
 		return nil
 	}
-	rate := h.cfg.Rate(appid)
-	for try := 0; ; try++ {
-		res, err := h.limiter.Reserve(ctx, limit.Request{
-			Platform: appid, Holder: holder, Rate: rate, MaxAhead: h.sleepMax(), Tolerance: slotTolerance,
-		})
-		if err != nil {
-			return err
-		}
-		if !res.OK || res.Wait > h.sleepMax() {
-			return &SlotError{Platform: appid, Wait: res.Wait}
-		}
-		slot := time.Now().Add(res.Wait)
-		if err := sleepCtx(ctx, res.Wait); err != nil {
-			return err
-		}
-		// Woken late: the limiter says whether the slot is still its own.
-		if time.Since(slot) <= lateTolerance(rate) || try >= maxLateTries {
-			h.cfg.Metrics.LimiterWait(res.Wait)
-			return nil
-		}
+	res, err := h.limiter.Reserve(ctx, limit.Request{
+		Platform: appid, Holder: holder, Rate: h.cfg.Rate(appid), MaxAhead: h.sleepMax(), Tolerance: slotTolerance,
+	})
+	if err != nil {
+		return err
 	}
+	if !res.OK || res.Wait > h.sleepMax() {
+		return &SlotError{Platform: appid, Wait: res.Wait}
+	}
+	if err := sleepCtx(ctx, res.Wait); err != nil {
+		return err
+	}
+	h.cfg.Metrics.LimiterWait(res.Wait)
+	return nil
 }
 
 // sleepCtx waits d, or until ctx ends.

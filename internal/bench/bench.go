@@ -263,9 +263,17 @@ func rate(n, g int, fn func(i int) error) (float64, error) {
 func (e *env) enqueue(r *Results) error {
 	c := e.client()
 	defer c.Close()
+	var err error
+	r.EnqueueRatio1, r.EnqueueRatio8, err = e.enqueueRatios(r, c, 3000, "enqueue")
+	return err
+}
+
+// enqueueRatios measures c's Enqueue against raw asynq's on the same
+// Redis, n tasks each, with 1 and with 8 goroutines; the rates go to
+// r.Raw under name.
+func (e *env) enqueueRatios(r *Results, c *tasks.Client, n int, name string) (ratio1, ratio8 float64, err error) {
 	raw := asynq.NewClientFromRedisClient(e.rdb)
 	defer raw.Close()
-	const n = 3000
 	payload, _ := json.Marshal(tasks.JumpDomainChange{Platform: e.apps[0], Action: tasks.ActionAdd, Domains: []string{"a.example.com"}})
 	for _, g := range []int{1, 8} {
 		rawRate, err := rate(n, g, func(int) error {
@@ -273,24 +281,24 @@ func (e *env) enqueue(r *Results) error {
 			return err
 		})
 		if err != nil {
-			return err
+			return 0, 0, err
 		}
 		ours, err := rate(n, g, func(i int) error {
 			_, err := c.Enqueue(e.ctx, tasks.JumpDomainChange{Platform: e.apps[i%len(e.apps)], Action: tasks.ActionAdd, Domains: []string{"a.example.com"}}, tasks.EnqueueOptions{})
 			return err
 		})
 		if err != nil {
-			return err
+			return 0, 0, err
 		}
-		r.Raw[fmt.Sprintf("enqueue_raw_per_s_%d", g)] = rawRate
-		r.Raw[fmt.Sprintf("enqueue_ours_per_s_%d", g)] = ours
+		r.Raw[fmt.Sprintf("%s_raw_per_s_%d", name, g)] = rawRate
+		r.Raw[fmt.Sprintf("%s_ours_per_s_%d", name, g)] = ours
 		if g == 1 {
-			r.EnqueueRatio1 = ours / rawRate
+			ratio1 = ours / rawRate
 		} else {
-			r.EnqueueRatio8 = ours / rawRate
+			ratio8 = ours / rawRate
 		}
 	}
-	return nil
+	return ratio1, ratio8, nil
 }
 
 // durableEnqueue measures enqueue with one replica confirming each
@@ -346,34 +354,8 @@ func (e *env) durableEnqueue(r *Results, primary string, progress io.Writer) err
 	}
 	c := tasks.NewClient(e.rdb, tasks.ClientConfig{Prefix: e.prefix, Queue: e.queue, Durability: tasks.Durability{MinReplicas: 1, Timeout: time.Second}})
 	defer c.Close()
-	raw := asynq.NewClientFromRedisClient(e.rdb)
-	defer raw.Close()
-	const n = 2000
-	payload, _ := json.Marshal(tasks.JumpDomainChange{Platform: e.apps[0], Action: tasks.ActionAdd, Domains: []string{"a.example.com"}})
-	for _, g := range []int{1, 8} {
-		rawRate, err := rate(n, g, func(int) error {
-			_, err := raw.EnqueueContext(e.ctx, asynq.NewTask(tasks.TypeJumpDomain, payload), asynq.Queue(e.queue+"_raw"))
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		ours, err := rate(n, g, func(i int) error {
-			_, err := c.Enqueue(e.ctx, tasks.JumpDomainChange{Platform: e.apps[i%len(e.apps)], Action: tasks.ActionAdd, Domains: []string{"a.example.com"}}, tasks.EnqueueOptions{})
-			return err
-		})
-		if err != nil {
-			return err
-		}
-		r.Raw[fmt.Sprintf("durable_enqueue_raw_per_s_%d", g)] = rawRate
-		r.Raw[fmt.Sprintf("durable_enqueue_ours_per_s_%d", g)] = ours
-		if g == 1 {
-			r.DurableEnqueueRatio1 = ours / rawRate
-		} else {
-			r.DurableEnqueueRatio8 = ours / rawRate
-		}
-	}
-	return nil
+	r.DurableEnqueueRatio1, r.DurableEnqueueRatio8, err = e.enqueueRatios(r, c, 2000, "durable_enqueue")
+	return err
 }
 
 // overhead: wxdomain processing (records, tokens, no limits, zero-latency

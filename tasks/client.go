@@ -463,24 +463,9 @@ const firstReadTimeout = 5 * time.Second
 // keeps that outcome. Cancel returns the record as it then stands, with
 // ErrFinal when the change had already finished.
 func (c *Client) Cancel(ctx context.Context, taskID string) (*Record, error) {
-	rec, err := c.Get(ctx, taskID)
-	if err != nil {
-		return nil, err
-	}
-	if rec.Status.Final() {
-		return rec, ErrFinal
-	}
-	err = c.inspect.DeleteTask(rec.Queue, taskID)
-	switch {
-	case err == nil, errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
-		// Gone from the queue (or never reached it): nothing will run it.
-		// If a worker picked it up meanwhile, it sees the canceled record
-		// and stops before calling WeChat. The call slot it may hold goes
-		// to the changes after it.
-		if err := c.release(ctx, rec); err != nil {
-			return nil, err
-		}
-		return c.markCanceled(ctx, taskID, "canceled before it ran")
+	rec, done, err := c.cancelIfWaiting(ctx, taskID)
+	if done || err != nil {
+		return rec, err
 	}
 	// Running: ask the worker to stop. It records canceled when the
 	// context ends, unless WeChat answered first.
@@ -534,22 +519,38 @@ var ErrRunning = errors.New("the change is running")
 // retrying); a running one is left to finish, and ErrRunning returned.
 // Rollouts cancel this way: "running changes finish".
 func (c *Client) CancelWaiting(ctx context.Context, taskID string) (*Record, error) {
-	rec, err := c.Get(ctx, taskID)
+	rec, done, err := c.cancelIfWaiting(ctx, taskID)
+	if done || err != nil {
+		return rec, err
+	}
+	return rec, ErrRunning
+}
+
+// cancelIfWaiting cancels a change that is not running: done is false
+// (and rec the record read) when asynq would not let go of its task, the
+// change running. A final change is done, with ErrFinal.
+func (c *Client) cancelIfWaiting(ctx context.Context, taskID string) (rec *Record, done bool, err error) {
+	rec, err = c.Get(ctx, taskID)
 	if err != nil {
-		return nil, err
+		return nil, true, err
 	}
 	if rec.Status.Final() {
-		return rec, ErrFinal
+		return rec, true, ErrFinal
 	}
 	err = c.inspect.DeleteTask(rec.Queue, taskID)
 	switch {
 	case err == nil, errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
+		// Gone from the queue (or never reached it): nothing will run it.
+		// If a worker picked it up meanwhile, it sees the canceled record
+		// and stops before calling WeChat. The call slot it may hold goes
+		// to the changes after it.
 		if err := c.release(ctx, rec); err != nil {
-			return nil, err
+			return nil, true, err
 		}
-		return c.markCanceled(ctx, taskID, "canceled before it ran")
+		rec, err = c.markCanceled(ctx, taskID, "canceled before it ran")
+		return rec, true, err
 	}
-	return rec, ErrRunning
+	return rec, false, nil
 }
 
 func (c *Client) markCanceled(ctx context.Context, taskID, why string) (*Record, error) {

@@ -426,19 +426,7 @@ func lateTolerance(limit.Rate) time.Duration { return slotTolerance }
 // sleep waits, unless the task's context ends or the worker stops (the
 // task then goes back to the queue, keeping its slot).
 func (h *Handler) sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-h.stopping:
-		return errStopping
-	case <-t.C:
-		return nil
-	}
+	return sleepOr(ctx, h.stopping, d)
 }
 
 // SlotError: a second call of a change (the change after an ensure-mode
@@ -501,7 +489,11 @@ func (h *Handler) nextSlot(ctx context.Context, appid, holder string) error {
 }
 
 // sleepCtx waits d, or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
+func sleepCtx(ctx context.Context, d time.Duration) error { return sleepOr(ctx, nil, d) }
+
+// sleepOr waits d, or until ctx ends (its error) or stop closes
+// (errStopping; a nil stop never does).
+func sleepOr(ctx context.Context, stop <-chan struct{}, d time.Duration) error {
 	if d <= 0 {
 		return nil
 	}
@@ -510,6 +502,8 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-stop:
+		return errStopping
 	case <-t.C:
 		return nil
 	}

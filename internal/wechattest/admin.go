@@ -23,6 +23,12 @@ func (s *Sandbox) adminRoutes(mux *http.ServeMux) {
 		s.PutPlatform(p)
 		w.WriteHeader(http.StatusNoContent)
 	})
+	// The file to serve at each domain's root for a platform with
+	// check_files, for any appid (a lenient sandbox creates platforms late).
+	mux.HandleFunc("GET /sandbox/platforms/{appid}/confirmfile", func(w http.ResponseWriter, r *http.Request) {
+		name, content := s.ConfirmFile(r.PathValue("appid"))
+		writeJSON(w, map[string]string{"file_name": name, "file_content": content})
+	})
 	mux.HandleFunc("PUT /sandbox/platforms/{appid}/faults", func(w http.ResponseWriter, r *http.Request) {
 		var f struct {
 			Faults

@@ -5,11 +5,14 @@
 // whether the platform was ever released, which domains passed verification,
 // its component tokens (with expiry and the grace period WeChat gives the
 // previous token), and it can inject "system busy" (-1), any other errcode,
-// and latency. Every call is logged for assertions. Its rules follow
-// shared/docs/wechat-api.md; an /sandbox/ admin API drives it from outside.
+// and latency. A platform may have the sandbox fetch each domain's
+// verification file on add and set, as WeChat does. Every call is logged for
+// assertions. Its rules follow shared/docs/wechat-api.md; an /sandbox/ admin
+// API drives it from outside.
 package wechattest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -39,6 +42,10 @@ type Config struct {
 	// created (released, every domain verified) on its first token request.
 	Strict bool
 	Now    func() time.Time
+	// FileClient fetches the verification files of platforms with
+	// CheckFiles; default: 5s timeout, no proxy, no cookies. Whatever the
+	// client, redirects are not followed: a 3xx fails the check.
+	FileClient *http.Client
 }
 
 // Platform is a platform's configuration in the sandbox.
@@ -51,9 +58,13 @@ type Platform struct {
 	Ticket   string `json:"ticket,omitempty"`
 	Released bool   `json:"released"`
 	// Verified lists the domains that pass verification; nil means all do.
-	Verified  []string `json:"verified,omitempty"`
-	Testing   []string `json:"testing"`
-	Published []string `json:"published"`
+	Verified []string `json:"verified,omitempty"`
+	// CheckFiles makes add and set fetch https://DOMAIN/FILE_NAME for each
+	// domain, as WeChat does; a domain whose file is not served (200, the
+	// content of ConfirmFile) is invalid. With Verified, a domain needs both.
+	CheckFiles bool     `json:"check_files,omitempty"`
+	Testing    []string `json:"testing"`
+	Published  []string `json:"published"`
 }
 
 // Faults injected into one platform's calls.
@@ -88,6 +99,8 @@ type Call struct {
 	Domains string    `json:"domains,omitempty"`
 	Publish bool      `json:"publish,omitempty"`
 	ErrCode int       `json:"errcode"`
+	// FileChecks counts the verification files fetched for the call.
+	FileChecks int `json:"file_checks,omitempty"`
 }
 
 type platform struct {
@@ -130,6 +143,15 @@ func New(cfg Config) *Sandbox {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.FileClient == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.Proxy = nil // the check reaches the domain itself, as WeChat would
+		cfg.FileClient = &http.Client{Timeout: 5 * time.Second, Transport: tr}
+	}
+	// A copy, so the caller's client keeps its own redirect policy.
+	fc := *cfg.FileClient
+	fc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	cfg.FileClient = &fc
 	return &Sandbox{cfg: cfg, platforms: map[string]*platform{}, tokens: map[string]*token{}}
 }
 
@@ -388,10 +410,12 @@ func (s *Sandbox) modifyJumpDomain(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, apiError(47001, "data format error"))
 		return
 	}
-	if s.breakTransport(w, r, r.URL.Query().Get("access_token")) {
+	accessToken := r.URL.Query().Get("access_token")
+	if s.breakTransport(w, r, accessToken) {
 		return
 	}
-	ans, delay := s.modify(r.URL.Query().Get("access_token"), req.Action, req.Domains, req.Publish)
+	fileFailed, fetches := s.checkFiles(r.Context(), accessToken, req.Action, req.Domains, req.Publish)
+	ans, delay := s.modify(accessToken, req.Action, req.Domains, req.Publish, fileFailed, fetches)
 	s.sleep(r, delay)
 	writeJSON(w, ans)
 }
@@ -435,10 +459,81 @@ func (s *Sandbox) breakTransport(w http.ResponseWriter, r *http.Request, accessT
 	return true
 }
 
-func (s *Sandbox) modify(accessToken, action, domains string, publish bool) (answer, time.Duration) {
+// checkFiles fetches, when the call's platform has CheckFiles and the call
+// could apply domains, the verification file of each domain of the call. It
+// returns the domains that failed and how many files it fetched. The fetches
+// run without s.mu, so a slow domain holds up only its own call.
+func (s *Sandbox) checkFiles(ctx context.Context, accessToken, action, domains string, publish bool) (map[string]bool, int) {
+	if action != "add" && action != "set" {
+		return nil, 0
+	}
+	s.mu.Lock()
+	p, errAns := s.authenticateLocked(accessToken)
+	// An unreleased platform refuses publish (61028) before any check.
+	check := errAns == nil && p.CheckFiles && !(publish && !p.Released)
+	var appid string
+	if check {
+		appid = p.AppID
+	}
+	s.mu.Unlock()
+	if !check {
+		return nil, 0 // modify answers the error, or there is nothing to check
+	}
+	list := dedupe(splitList(domains))
+	for _, d := range list {
+		if syntaxProblem(d) != "" {
+			return nil, 0 // modify refuses the whole call: fetch nothing
+		}
+	}
+	name, content := s.ConfirmFile(appid)
+	const parallel = 8
+	sem := make(chan struct{}, parallel)
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		failed = map[string]bool{}
+	)
+	for _, d := range list {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if !s.fileServed(ctx, d, name, content) {
+				mu.Lock()
+				failed[d] = true
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return failed, len(list)
+}
+
+// fileServed reports whether https://domain/name answers 200 with content.
+func (s *Sandbox) fileServed(ctx context.Context, domain, name, content string) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+domain+"/"+name, nil)
+	if err != nil {
+		return false
+	}
+	resp, err := s.cfg.FileClient.Do(req)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false
+	}
+	// The file is a few bytes; a page of anything else need not be read whole.
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	return err == nil && strings.TrimSpace(string(b)) == content
+}
+
+// modify applies a modify_wxa_jump_domain call. fileFailed holds the domains
+// whose verification file checkFiles did not find, fetches how many files it
+// fetched for the call.
+func (s *Sandbox) modify(accessToken, action, domains string, publish bool, fileFailed map[string]bool, fetches int) (answer, time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	call := Call{Time: s.cfg.Now(), API: "modify_wxa_jump_domain", Action: action, Domains: domains, Publish: publish}
+	call := Call{Time: s.cfg.Now(), API: "modify_wxa_jump_domain", Action: action, Domains: domains, Publish: publish, FileChecks: fetches}
 	defer func() { s.calls = append(s.calls, call) }()
 
 	p, errAns := s.authenticateLocked(accessToken)
@@ -491,7 +586,7 @@ func (s *Sandbox) modify(accessToken, action, domains string, publish bool) (ans
 	}
 	var apply, invalid []string
 	for _, d := range list {
-		if action == "delete" || p.verified == nil || p.verified[d] {
+		if action == "delete" || ((p.verified == nil || p.verified[d]) && !fileFailed[d]) {
 			apply = append(apply, d)
 		} else {
 			invalid = append(invalid, d)
@@ -632,15 +727,22 @@ func (s *Sandbox) confirmFile(w http.ResponseWriter, r *http.Request) {
 		ans = errAns
 	} else {
 		call.AppID = p.AppID
-		name := hex.EncodeToString([]byte(p.AppID))
-		if len(name) > 10 {
-			name = name[len(name)-10:]
-		}
-		ans = answer{"errcode": 0, "errmsg": "ok", "file_name": name + ".txt", "file_content": "sandbox-" + p.AppID}
+		name, content := s.ConfirmFile(p.AppID)
+		ans = answer{"errcode": 0, "errmsg": "ok", "file_name": name, "file_content": content}
 	}
 	s.calls = append(s.calls, call)
 	s.mu.Unlock()
 	writeJSON(w, ans)
+}
+
+// ConfirmFile is the verification file get_domain_confirmfile gives a
+// platform: the name to serve at each domain's root and its content.
+func (s *Sandbox) ConfirmFile(appid string) (name, content string) {
+	name = hex.EncodeToString([]byte(appid))
+	if len(name) > 10 {
+		name = name[len(name)-10:]
+	}
+	return name + ".txt", "sandbox-" + appid
 }
 
 func decode(r *http.Request, v any) error {

@@ -398,15 +398,16 @@ func (c *Client) enqueueTask(ctx context.Context, rec *Record, opts EnqueueOptio
 // NewRecord is the queued record of a change about to be enqueued.
 func NewRecord(id string, change JumpDomainChange, queue string) *Record {
 	return &Record{
-		TaskID:    id,
-		Platform:  change.Platform,
-		Action:    change.Action,
-		Domains:   append([]string{}, change.Domains...),
-		Publish:   change.Publish,
-		Queue:     queue,
-		Status:    StatusQueued,
-		RolloutID: change.RolloutID,
-		Ensure:    change.Ensure,
+		TaskID:        id,
+		Platform:      change.Platform,
+		Action:        change.Action,
+		Domains:       append([]string{}, change.Domains...),
+		Publish:       change.Publish,
+		Queue:         queue,
+		Status:        StatusQueued,
+		RolloutID:     change.RolloutID,
+		Ensure:        change.Ensure,
+		PreflightMode: change.Preflight,
 	}
 }
 

@@ -16,13 +16,14 @@ const DefaultMaxDomains = 200
 
 // Problem codes, stable strings that API clients can match on.
 const (
-	CodeInvalidDomain   = "invalid_domain"
-	CodeTooManyDomains  = "too_many_domains"
-	CodeUnknownPlatform = "unknown_platform"
-	CodeInvalidPlatform = "invalid_platform"
-	CodeInvalidAction   = "invalid_action"
-	CodeMissingDomains  = "missing_domains"
-	CodeUnexpectedField = "unexpected_domains"
+	CodeInvalidDomain    = "invalid_domain"
+	CodeTooManyDomains   = "too_many_domains"
+	CodeUnknownPlatform  = "unknown_platform"
+	CodeInvalidPlatform  = "invalid_platform"
+	CodeInvalidAction    = "invalid_action"
+	CodeMissingDomains   = "missing_domains"
+	CodeUnexpectedField  = "unexpected_domains"
+	CodeInvalidPreflight = "invalid_preflight"
 )
 
 // Problem is one reason a change was refused.

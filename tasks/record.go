@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -73,6 +74,13 @@ type Record struct {
 	// CancelRequested is set when a cancel reached a running task; the
 	// worker finishes the record as canceled when it notices.
 	CancelRequested bool `json:"cancel_requested,omitempty"`
+	// PreflightMode is the change's preflight mode as given ("" for the
+	// worker's default).
+	PreflightMode PreflightMode `json:"preflight_mode,omitempty"`
+	// Preflight maps each domain checked for the platform's verification
+	// file to "ok" or what is wrong with it; absent when nothing was
+	// checked (get, delete, off).
+	Preflight map[string]string `json:"preflight,omitempty"`
 	// ReservedSlot is the moment the rate limiter reserved for the change's
 	// call while it waits outside the workers.
 	ReservedSlot *time.Time `json:"reserved_slot,omitempty"`
@@ -84,7 +92,34 @@ type Record struct {
 
 // Change is the change the record describes.
 func (r *Record) Change() JumpDomainChange {
-	return JumpDomainChange{Platform: r.Platform, Action: r.Action, Domains: r.Domains, Publish: r.Publish, RolloutID: r.RolloutID, Ensure: r.Ensure}
+	return JumpDomainChange{Platform: r.Platform, Action: r.Action, Domains: r.Domains, Publish: r.Publish, RolloutID: r.RolloutID, Ensure: r.Ensure, Preflight: r.PreflightMode}
+}
+
+// The values of a record's preflight field: PreflightOK, or a reason that
+// starts with PreflightMissing (the domain does not serve the file) or
+// PreflightNotChecked (the file could not be had; warn mode went on).
+const (
+	PreflightOK         = "ok"
+	PreflightMissing    = "verification file missing: "
+	PreflightNotChecked = "not checked: "
+)
+
+// PreflightFailed reports whether a domain of the change was found not to
+// serve its verification file.
+func (r *Record) PreflightFailed() bool {
+	for _, v := range r.Preflight {
+		if strings.HasPrefix(v, PreflightMissing) {
+			return true
+		}
+	}
+	return false
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 // ErrTaskNotFound is returned for a task id with no record (never existed,
@@ -295,7 +330,7 @@ func (s *Store) update(ctx context.Context, id, rolloutStatus string, fn func(*R
 				attempt = strconv.Itoa(a) // moves its platform only while its attempt is current
 			}
 		}
-		ok, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, rolloutStatus).Int()
+		ok, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, rolloutStatus, flag(r.PreflightFailed())).Int()
 		if err != nil {
 			return &r, fmt.Errorf("update record %s: %w", id, err)
 		}

@@ -67,7 +67,7 @@ end
 // RolloutKeys does).
 const rolloutKeysLua = `
 local function rolloutKeys(rollout, state, counts)
-  local keys = {rollout, state, counts, rollout .. ':owner'}
+  local keys = {rollout, state, counts, rollout .. ':owner', rollout .. ':preflight'}
   local attempt = tonumber(redis.call('HGET', rollout, 'attempt') or '0')
   for a = 0, attempt do
     keys[#keys + 1] = rollout .. ':platforms:' .. a
@@ -92,9 +92,13 @@ func RolloutCursorKey(prefix, id string, attempt int) string {
 // or a retry by a version before owners).
 func RolloutOwnerKey(prefix, id string) string { return RolloutKey(prefix, id) + ":owner" }
 
+// RolloutPreflightKey holds the platforms of a rollout whose change
+// found a domain failing its preflight check (in its latest record).
+func RolloutPreflightKey(prefix, id string) string { return RolloutKey(prefix, id) + ":preflight" }
+
 // RolloutKeys lists every key of a rollout up to an attempt.
 func RolloutKeys(prefix, id string, attempt int) []string {
-	keys := []string{RolloutKey(prefix, id), RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id), RolloutOwnerKey(prefix, id)}
+	keys := []string{RolloutKey(prefix, id), RolloutStateKey(prefix, id), RolloutCountsKey(prefix, id), RolloutOwnerKey(prefix, id), RolloutPreflightKey(prefix, id)}
 	for a := 0; a <= attempt; a++ {
 		keys = append(keys, RolloutListKey(prefix, id, a), RolloutCursorKey(prefix, id, a))
 	}
@@ -109,12 +113,23 @@ return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 // casRecord writes a record only if it is still what was read, and moves
 // its rollout platform in the same step. KEYS record, state, counts,
 // rollout; ARGV old JSON, new JSON, TTL ms, appid ("" outside rollouts),
-// status, now.
+// status, now, attempt, rollout status required, preflight failed ("1"
+// or "0"): a platform that moved is counted among the rollout's
+// preflight failures as its latest record says.
 var casRecord = redis.NewScript(transitionLua + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[8] and ARGV[8] ~= '' and redis.call('HGET', KEYS[4], 'status') ~= ARGV[8] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if ARGV[4] ~= '' then transition(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) end
+if ARGV[4] ~= '' and transition(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 1 then
+  if ARGV[9] == '1' then
+    redis.call('SADD', KEYS[4] .. ':preflight', ARGV[4])
+    -- The move may have finished the rollout and begun its expiry.
+    local ttl = redis.call('PTTL', KEYS[4])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[4] .. ':preflight', ttl) end
+  else
+    redis.call('SREM', KEYS[4] .. ':preflight', ARGV[4])
+  end
+end
 return 1`)
 
 // MoveRolloutPlatform records a platform's status in a rollout without a
@@ -187,6 +202,7 @@ for _, a in ipairs(again) do
   local old = redis.call('HGET', KEYS[2], a)
   redis.call('HSET', KEYS[2], a, 'queued')
   redis.call('HSET', KEYS[1] .. ':owner', a, attempt)
+  redis.call('SREM', KEYS[1] .. ':preflight', a)
   redis.call('HINCRBY', KEYS[3], old, -1)
   redis.call('HINCRBY', KEYS[3], 'queued', 1)
 end

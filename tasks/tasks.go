@@ -76,6 +76,42 @@ type JumpDomainChange struct {
 	// difference; nothing is called on a platform already in the desired
 	// state, and an add that would exceed the limit fails without a call.
 	Ensure bool `json:"ensure,omitempty"`
+	// Preflight says whether the worker first checks that each domain
+	// to add serves the platform's verification file (see PreflightMode);
+	// empty: the worker's default (WXDOMAIN_PREFLIGHT).
+	Preflight PreflightMode `json:"preflight,omitempty"`
+}
+
+// PreflightMode is what the worker does with a domain that does not serve
+// its platform's verification file, before calling WeChat.
+type PreflightMode string
+
+// The preflight modes.
+const (
+	// PreflightEnforce: failing domains are not sent; a change none of
+	// whose domains pass fails without a call.
+	PreflightEnforce PreflightMode = "enforce"
+	// PreflightWarn: the call is made; the record carries the findings.
+	PreflightWarn PreflightMode = "warn"
+	// PreflightOff: no check.
+	PreflightOff PreflightMode = "off"
+)
+
+// Valid reports whether m is a mode, or empty (the default).
+func (m PreflightMode) Valid() bool {
+	switch m {
+	case "", PreflightEnforce, PreflightWarn, PreflightOff:
+		return true
+	}
+	return false
+}
+
+// Or is m, or def when m is empty.
+func (m PreflightMode) Or(def PreflightMode) PreflightMode {
+	if m == "" {
+		return def
+	}
+	return m
 }
 
 // Rules are the limits a change is validated against.
@@ -125,6 +161,9 @@ func (c *JumpDomainChange) ValidateWith(r Rules) error {
 		}
 	}
 
+	if !c.Preflight.Valid() {
+		problems.Add(Problem{Code: CodeInvalidPreflight, Field: "preflight", Value: string(c.Preflight), Reason: "must be one of enforce, warn, off (or empty for the worker's default)"})
+	}
 	if c.Ensure && c.Action == ActionGet {
 		problems.Add(Problem{Code: CodeInvalidAction, Field: "ensure", Reason: "applies to set, add and delete, not get"})
 	}

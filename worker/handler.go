@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,6 +64,11 @@ type Config struct {
 	// BulkQueue is the queue of bulk work: under the global limit, it
 	// never takes a slot a single change could have had.
 	BulkQueue string
+	// Preflight, when set, checks the domains a change would add for the
+	// platform's verification file before WeChat is called; nil: off.
+	Preflight Preflighter
+	// PreflightDefault is the mode of changes that name none; default warn.
+	PreflightDefault tasks.PreflightMode
 	// Concurrency bounds the changes working at once (from their start
 	// to their record), apart from those waiting for their call slot;
 	// 0 for no bound (the asynq server's own).
@@ -158,6 +164,9 @@ func NewHandler(store *tasks.Store, tokens Tokens, upstream Upstream, pauses *pa
 	if cfg.Rate == nil {
 		cfg.Rate = func(string) limit.Rate { return limit.Rate{} }
 	}
+	if cfg.PreflightDefault == "" {
+		cfg.PreflightDefault = tasks.PreflightWarn
+	}
 	h := &Handler{store: store, tokens: tokens, upstream: upstream, pauses: pauses, limiter: limiter, cfg: cfg, log: log, stopping: make(chan struct{})}
 	if cfg.Concurrency > 0 {
 		h.working = newPlaces(cfg.Concurrency)
@@ -227,6 +236,12 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 	if paused, err := h.checkPause(ctx, id, queue, change); paused || err != nil {
 		return err
 	}
+	// Before the change takes a call slot: one that cannot pass costs
+	// nothing.
+	pf, stop, err := h.preflightChange(ctx, id, queue, change)
+	if stop {
+		return err
+	}
 	bulk := change.RolloutID != "" || (h.cfg.BulkQueue != "" && queue == h.cfg.BulkQueue)
 	waited, deferred, err := h.awaitSlot(ctx, id, queue, change, bulk)
 	if deferred || err != nil {
@@ -260,7 +275,7 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 			return err
 		}
 	}
-	rec, err := h.begin(ctx, id, queue, change)
+	rec, err := h.begin(ctx, id, queue, change, pf)
 	switch {
 	case errors.Is(err, tasks.ErrFinal):
 		return nil // already done by an earlier run (at-least-once delivery)
@@ -272,8 +287,8 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 		return errors.Join(h.release(ctx, id, change.Platform), fmt.Errorf("%s: %w", rec.Error, asynq.SkipRetry))
 	}
 
-	res, note, err := h.call(ctx, id, change)
-	return h.finish(ctx, rec, res, note, err, t.ResultWriter())
+	res, note, pf, err := h.call(ctx, id, change, pf)
+	return h.finish(ctx, rec, res, note, pf, err, t.ResultWriter())
 }
 
 // rolloutStopped ends a rollout change that must not run: its rollout was
@@ -520,7 +535,7 @@ func (h *Handler) release(ctx context.Context, id, appid string) error {
 
 // begin marks the record running and counts the attempt; it creates the
 // record if the task was enqueued without one.
-func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.JumpDomainChange) (*tasks.Record, error) {
+func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.JumpDomainChange, pf *checked) (*tasks.Record, error) {
 	update := func(r *tasks.Record) error {
 		switch {
 		case r.CancelRequested:
@@ -533,6 +548,9 @@ func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.Jump
 			r.Status = tasks.StatusRunning
 			r.ReservedSlot = nil
 			r.Attempts++
+			if pf != nil {
+				r.Preflight = pf.reasons
+			}
 		}
 		return nil
 	}
@@ -552,30 +570,42 @@ func (h *Handler) updateOrCreate(ctx context.Context, id, queue string, change t
 	return rec, err
 }
 
-// call makes the change's upstream calls; in ensure mode a get first.
-func (h *Handler) call(ctx context.Context, id string, change tasks.JumpDomainChange) (wechat.JumpDomains, string, error) {
+// call makes the change's upstream calls; in ensure mode a get first,
+// then the preflight of the domains it would add. pf is the preflight
+// made before (plain changes); the one in force is returned.
+func (h *Handler) call(ctx context.Context, id string, change tasks.JumpDomainChange, pf *checked) (wechat.JumpDomains, string, *checked, error) {
 	req := wechat.JumpDomainChange{Action: string(change.Action), Domains: change.Domains, Publish: change.Publish}
+	if pf != nil && pf.send != nil {
+		req.Domains = pf.send
+	}
 	tok, err := h.tokens.Token(ctx, change.Platform)
 	if err != nil {
-		return wechat.JumpDomains{}, "", err
+		return wechat.JumpDomains{}, "", pf, err
 	}
 	c := &calls{h: h, id: id, appid: change.Platform, tok: tok}
 	if change.Ensure {
 		cur, err := c.send(ctx, wechat.JumpDomainChange{Action: wechat.ActionGet})
 		if err != nil {
-			return cur, "", err
+			return cur, "", pf, err
 		}
 		var note string
-		if req, note, err = h.plan(change, cur); err != nil || note != "" {
+		req, note, err = h.plan(change, cur)
+		if err == nil && note == "" {
+			pf, err = h.preflight(ctx, change.Platform, h.preflightMode(change), toAdd(req, cur, change.Publish), false)
+			if err == nil && pf != nil && pf.dropped != nil {
+				req.Domains = slices.DeleteFunc(req.Domains, func(d string) bool { return slices.Contains(pf.dropped, d) })
+			}
+		}
+		if err != nil || note != "" {
 			// No second call: its slot goes to others.
 			if h.limiter != nil {
 				err = errors.Join(err, h.limiter.Release(context.WithoutCancel(ctx), change.Platform, callHolder(id, 1)))
 			}
-			return cur, note, err
+			return cur, note, pf, err
 		}
 	}
 	res, err := c.send(ctx, req)
-	return res, "", err
+	return res, "", pf, err
 }
 
 // calls makes one change's upstream calls: the first on the slot the task
@@ -736,8 +766,13 @@ func (h *Handler) modify(ctx context.Context, appid, holder, tok string, req wec
 }
 
 // finish records the outcome and tells asynq what to do next.
-func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, note string, callErr error, rw *asynq.ResultWriter) error {
+func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, note string, pf *checked, callErr error, rw *asynq.ResultWriter) error {
 	log := h.log.With(zap.String("task_id", rec.TaskID), zap.String("platform", rec.Platform), zap.String("action", string(rec.Action)))
+	var pe *PreflightError
+	if errors.As(callErr, &pe) {
+		// An ensure change whose domains to add all failed their preflight.
+		return h.failPreflight(ctx, rec.TaskID, rec.Queue, rec.Change(), pe)
+	}
 	if callErr != nil {
 		// Slots reserved for calls not made (the first, if no token came;
 		// the change after a failed get) go to later changes; slots of
@@ -759,6 +794,13 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		done, err := h.updateRetrying(ctx, rec.TaskID, func(r *tasks.Record) error {
 			applyAnswer(r, res)
 			r.Note = note
+			if pf != nil {
+				r.Preflight = pf.reasons
+				if len(pf.dropped) > 0 {
+					r.Status = tasks.StatusPartial
+					r.Error = strings.TrimSpace(fmt.Sprintf("%d of %d domains were not sent: they do not serve the platform's verification file (see preflight). %s", len(pf.dropped), len(pf.reasons), r.Error))
+				}
+			}
 			return nil
 		})
 		if err != nil && !errors.Is(err, tasks.ErrFinal) {

@@ -25,6 +25,7 @@ import (
 	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/metrics"
 	"github.com/wxdomain/wxdomain/internal/pause"
+	"github.com/wxdomain/wxdomain/internal/preflight"
 	"github.com/wxdomain/wxdomain/internal/redisha"
 	"github.com/wxdomain/wxdomain/internal/rollout"
 	"github.com/wxdomain/wxdomain/internal/token"
@@ -90,6 +91,8 @@ slow requests. See the README for every setting.`,
 		a.doctorCommand(),
 		a.serveCommand(),
 		a.rolloutCommand(),
+		a.confirmFileCommand(),
+		a.domainsCommand(),
 		a.fakeWeChatCommand(),
 		a.devCommand(),
 	)
@@ -284,17 +287,28 @@ func (a *app) platformProducer(ctx context.Context, appid string) (*producer, er
 
 // fleet is the worker's wiring from configuration: what `worker` and `dev` share.
 type fleet struct {
-	rdb      redis.UniversalClient
-	handler  *worker.Handler
-	tokens   *token.Source
-	tickets  *ticket.Store
-	pauses   *pause.Store
-	limiter  *limit.Limiter
-	rollouts *rollout.Service
-	log      *zap.Logger
+	rdb       redis.UniversalClient
+	handler   *worker.Handler
+	tokens    *token.Source
+	tickets   *ticket.Store
+	pauses    *pause.Store
+	limiter   *limit.Limiter
+	rollouts  *rollout.Service
+	preflight *preflight.Preflight
+	log       *zap.Logger
 }
 
-func newFleet(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability, platforms *config.Platforms, m *metrics.Metrics, log *zap.Logger) (*fleet, error) {
+// upstream is what calls WeChat on a platform's behalf: the client, the
+// fleet's shared tokens and its rate limiter.
+type upstream struct {
+	wc      *wechat.Client
+	tokens  *token.Source
+	tickets *ticket.Store
+	limiter *limit.Limiter
+	policy  worker.Policy
+}
+
+func newUpstream(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, m *metrics.Metrics, log *zap.Logger) (*upstream, error) {
 	wc, err := wechat.New(cfg.WeChatBaseURL, &http.Client{Timeout: cfg.HTTPTimeout})
 	if err != nil {
 		return nil, fmt.Errorf("WXDOMAIN_WECHAT_BASE_URL: %w", err)
@@ -312,29 +326,92 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability
 		// while the first is still waiting for WeChat.
 		Lease: 2*cfg.HTTPTimeout + 5*time.Second,
 	}, log.Named("token"))
-	pauses := pause.NewStore(rdb, cfg.KeyPrefix)
-	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL).WithDurability(dur)
-	store.OnFinish(func(r *tasks.Record) { m.ChangeFinished(string(r.Status)) })
 	limiter := limit.New(rdb, cfg.KeyPrefix, limit.Rate{PerSecond: cfg.GlobalRate, Burst: cfg.GlobalBurst}, limit.Pacing{
 		Decrease: cfg.BusyDecrease, Increase: cfg.BusyIncrease, MinFactor: cfg.BusyMinFactor,
 	})
-	h := worker.NewHandler(store, tokens, wc, pauses, limiter, worker.Config{
+	return &upstream{wc: wc, tokens: tokens, tickets: tickets, limiter: limiter, policy: policy}, nil
+}
+
+// newPreflight is a process's verification-file preflight: its files come
+// through the fleet's tokens and rate limits, and its checks (at most 8
+// at once in the process) are shared fleet-wide through Redis.
+func newPreflight(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, up *upstream, m *metrics.Metrics) *preflight.Preflight {
+	fetch := worker.ConfirmFileFetcher(up.tokens, up.wc, up.limiter, platformRates(cfg, platforms), up.policy, max(cfg.LimitMaxWait, time.Second))
+	return &preflight.Preflight{
+		Files:   preflight.NewFiles(rdb, cfg.KeyPrefix, fetch),
+		Checker: preflight.NewChecker(rdb, cfg.KeyPrefix, preflight.Config{Observe: m.PreflightCheck}),
+	}
+}
+
+func newFleet(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability, platforms *config.Platforms, m *metrics.Metrics, log *zap.Logger) (*fleet, error) {
+	up, err := newUpstream(rdb, cfg, platforms, m, log)
+	if err != nil {
+		return nil, err
+	}
+	pf := newPreflight(rdb, cfg, platforms, up, m)
+	pauses := pause.NewStore(rdb, cfg.KeyPrefix)
+	store := tasks.NewStore(rdb, cfg.KeyPrefix, cfg.ResultTTL).WithDurability(dur)
+	store.OnFinish(func(r *tasks.Record) { m.ChangeFinished(string(r.Status)) })
+	h := worker.NewHandler(store, up.tokens, up.wc, pauses, up.limiter, worker.Config{
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, MaxAttempts: cfg.MaxAttempts, OperatorPause: cfg.OperatorPause,
-		Policy: policy,
+		Policy: up.policy,
 		Rate:   platformRates(cfg, platforms), MaxWait: cfg.LimitMaxWait, MaxDefer: cfg.MaxDefer,
 		// Deferred tasks come back once the queue's poller sees them due.
-		Lead:        cfg.PollInterval + 100*time.Millisecond,
-		Metrics:     m,
-		MaxDomains:  cfg.MaxDomains,
-		BulkQueue:   cfg.BulkQueue,
-		Concurrency: cfg.Concurrency,
+		Lead:             cfg.PollInterval + 100*time.Millisecond,
+		Metrics:          m,
+		MaxDomains:       cfg.MaxDomains,
+		BulkQueue:        cfg.BulkQueue,
+		Concurrency:      cfg.Concurrency,
+		Preflight:        pf,
+		PreflightDefault: cfg.Preflight,
 	}, log)
-	svc, _ := rolloutService(rdb, cfg, dur, platforms)
-	return &fleet{rdb: rdb, handler: h, tokens: tokens, tickets: tickets, pauses: pauses, limiter: limiter, rollouts: svc, log: log}, nil
+	svc, _ := rolloutService(rdb, cfg, dur, platforms, pf)
+	return &fleet{rdb: rdb, handler: h, tokens: up.tokens, tickets: up.tickets, pauses: pauses, limiter: up.limiter, rollouts: svc, preflight: pf, log: log}, nil
+}
+
+// preflighter is pf as the rollout service takes it: nil when there is
+// none (not a nil pointer in an interface).
+func preflighter(pf *preflight.Preflight) rollout.Preflighter {
+	if pf == nil {
+		return nil
+	}
+	return pf
+}
+
+// preflightConn is what a command checking domains needs.
+type preflightConn struct {
+	cfg       config.Config
+	platforms *config.Platforms
+	rdb       redis.UniversalClient
+	preflight *preflight.Preflight
+}
+
+func (c *preflightConn) Close() { _ = c.rdb.Close() }
+
+// preflight connects a command to Redis and to WeChat for verification
+// files: through the fleet's shared token (a secret the command cannot
+// resolve only matters when no worker fetched the token yet).
+func (a *app) preflight(ctx context.Context) (*preflightConn, error) {
+	cfg, platforms, err := a.configAndPlatforms()
+	if err != nil {
+		return nil, err
+	}
+	_ = platforms.ResolveSecrets(a.getenv)
+	rdb, err := openRedis(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	log := zap.NewNop()
+	up, err := newUpstream(rdb, cfg, platforms, nil, log)
+	if err != nil {
+		_ = rdb.Close()
+		return nil, err
+	}
+	return &preflightConn{cfg: cfg, platforms: platforms, rdb: rdb, preflight: newPreflight(rdb, cfg, platforms, up, nil)}, nil
 }
 
 // rolloutService returns the rollout service and the tasks client under it.
-func rolloutService(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability, platforms *config.Platforms) (*rollout.Service, *tasks.Client) {
+func rolloutService(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability, platforms *config.Platforms, pf *preflight.Preflight) (*rollout.Service, *tasks.Client) {
 	rules := tasks.Rules{MaxDomains: cfg.MaxDomains, KnownPlatform: platforms.Has}
 	client := tasks.NewClient(rdb, tasks.ClientConfig{Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, Rules: rules, Durability: dur})
 	all := make([]string, len(platforms.List))
@@ -343,7 +420,7 @@ func rolloutService(rdb redis.UniversalClient, cfg config.Config, dur tasks.Dura
 	}
 	return rollout.New(rdb, client, rollout.Config{
 		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, BulkQueue: cfg.BulkQueue, Platforms: all, Rules: rules, TTL: cfg.RolloutTTL, BatchSize: cfg.FanoutBatch,
-		Durability: dur,
+		Durability: dur, Preflight: preflighter(pf), PreflightDefault: cfg.Preflight,
 	}), client
 }
 

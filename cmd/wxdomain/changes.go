@@ -36,12 +36,13 @@ func (a *app) waitAndPrint(ctx context.Context, c *tasks.Client, id string, time
 
 func (a *app) enqueueCommand() *cobra.Command {
 	var (
-		change  tasks.JumpDomainChange
-		action  string
-		domains string
-		key     string
-		wait    bool
-		timeout time.Duration
+		change        tasks.JumpDomainChange
+		action        string
+		domains       string
+		key           string
+		preflightMode string
+		wait          bool
+		timeout       time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "enqueue --platform APPID --action get|set|add|delete [--domains a.com,b.com] [--publish] [--key KEY] [--wait]",
@@ -50,6 +51,7 @@ func (a *app) enqueueCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			change.Action = tasks.Action(action)
+			change.Preflight = tasks.PreflightMode(preflightMode)
 			for _, d := range strings.Split(domains, ",") {
 				if d = strings.TrimSpace(d); d != "" {
 					change.Domains = append(change.Domains, d)
@@ -85,6 +87,7 @@ func (a *app) enqueueCommand() *cobra.Command {
 	f.StringVar(&domains, "domains", "", "comma-separated host names (required for set, add, delete)")
 	f.BoolVar(&change.Publish, "publish", false, "also change the published configuration (is_modify_published_together)")
 	f.StringVar(&key, "key", "", "idempotency key: the same key and change return the first task")
+	f.StringVar(&preflightMode, "preflight", "", "enforce, warn or off: check each domain to add for the platform's verification file first (default: the workers' WXDOMAIN_PREFLIGHT, warn)")
 	f.BoolVar(&wait, "wait", false, "wait for the final record")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to keep trying while Redis does not confirm the submission (a failover), and how long --wait waits")
 	_ = cmd.MarkFlagRequired("platform")

@@ -111,7 +111,7 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 	}()
 
 	apiToken := oneTimeToken()
-	handler, err := a.apiHandler(rdb, cfg, platforms, []string{apiToken}, reg, log)
+	handler, err := a.apiHandler(rdb, cfg, platforms, []string{apiToken}, reg, f.preflight, log)
 	if err != nil {
 		return err
 	}

@@ -10,12 +10,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
 	"github.com/wxdomain/wxdomain/internal/rollout"
 	"github.com/wxdomain/wxdomain/tasks"
@@ -32,11 +34,17 @@ func (a *app) rollouts(ctx context.Context) (*rolloutsConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	_ = platforms.ResolveSecrets(a.getenv) // a dry run's preflight may need a token
 	rdb, err := openRedis(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	svc, client := rolloutService(rdb, cfg, a.durability(cfg), platforms)
+	up, err := newUpstream(rdb, cfg, platforms, nil, zap.NewNop())
+	if err != nil {
+		_ = rdb.Close()
+		return nil, err
+	}
+	svc, client := rolloutService(rdb, cfg, a.durability(cfg), platforms, newPreflight(rdb, cfg, platforms, up, nil))
 	return &rolloutsConn{svc: svc, close: func() {
 		_ = svc.Close()
 		_ = client.Close()
@@ -70,6 +78,7 @@ func (a *app) rolloutCommand() *cobra.Command {
 		spec            rollout.Spec
 		action, domains string
 		platforms       string
+		preflightMode   string
 		wait            bool
 		timeout         time.Duration
 	)
@@ -79,6 +88,7 @@ func (a *app) rolloutCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, _ []string) error {
 			spec.Action = tasks.Action(action)
+			spec.Preflight = tasks.PreflightMode(preflightMode)
 			spec.Domains = splitList(domains)
 			spec.Platforms = splitList(platforms)
 			// Redis not confirming the creation, or not answering (a
@@ -108,6 +118,7 @@ func (a *app) rolloutCommand() *cobra.Command {
 	f.BoolVar(&spec.Publish, "publish", false, "also change the published configuration")
 	f.BoolVar(&spec.Ensure, "ensure", false, "read each platform's list first and call only for the difference")
 	f.BoolVar(&spec.DryRun, "dry-run", false, "validate and show what would be called; call nothing")
+	f.StringVar(&preflightMode, "preflight", "", "enforce, warn or off: check each domain's verification file first (default: the workers' WXDOMAIN_PREFLIGHT, warn)")
 	f.BoolVar(&wait, "wait", false, "follow the rollout until it is done")
 	f.StringVar(&spec.IdempotencyKey, "key", "", "idempotency key: the same key and rollout return the first rollout")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to keep trying while Redis does not confirm the creation (a failover)")
@@ -171,7 +182,7 @@ func (a *app) rolloutCommand() *cobra.Command {
 	}
 	var asCSV bool
 	failures := &cobra.Command{
-		Use: "failures ROLLOUT_ID [--csv]", Short: "The failed platforms with errcode and reason", Args: cobra.ExactArgs(1),
+		Use: "failures ROLLOUT_ID [--csv]", Short: "The failed platforms with errcode and reason, and those whose domains failed their preflight", Args: cobra.ExactArgs(1),
 		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
 			var all []rollout.Outcome
 			cursor := ""
@@ -185,22 +196,38 @@ func (a *app) rolloutCommand() *cobra.Command {
 					break
 				}
 			}
+			// Platforms whose domains failed their preflight are listed
+			// too, whatever their status: in warn mode they were called,
+			// and their domains still need their verification file.
+			pre, err := c.svc.PreflightFailures(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			seen := make(map[string]bool, len(all))
+			for _, o := range all {
+				seen[o.Platform] = true
+			}
+			for _, o := range pre {
+				if !seen[o.Platform] {
+					all = append(all, o)
+				}
+			}
 			switch {
 			case asJSON:
 				return a.printJSON(all)
 			case asCSV:
 				w := csv.NewWriter(a.stdout)
-				_ = w.Write([]string{"platform", "errcode", "errmsg", "reason", "task_id"})
+				_ = w.Write([]string{"platform", "status", "errcode", "errmsg", "reason", "preflight", "task_id"})
 				for _, o := range all {
-					_ = w.Write([]string{o.Platform, code(o.ErrCode), o.ErrMsg, o.Error, o.TaskID})
+					_ = w.Write([]string{o.Platform, string(o.Status), code(o.ErrCode), o.ErrMsg, o.Error, preflightFindings(o.Preflight), o.TaskID})
 				}
 				w.Flush()
 				return w.Error()
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "PLATFORM\tERRCODE\tREASON")
+			fmt.Fprintln(tw, "PLATFORM\tSTATUS\tERRCODE\tREASON\tPREFLIGHT")
 			for _, o := range all {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", o.Platform, code(o.ErrCode), o.Error)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Platform, o.Status, code(o.ErrCode), o.Error, preflightFindings(o.Preflight))
 			}
 			return tw.Flush()
 		}),
@@ -260,6 +287,19 @@ func splitList(s string) []string {
 	return out
 }
 
+// preflightFindings lists the domains that failed their preflight, with
+// the reasons, sorted.
+func preflightFindings(m map[string]string) string {
+	var out []string
+	for d, why := range m {
+		if why != tasks.PreflightOK {
+			out = append(out, d+": "+why)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "; ")
+}
+
 func finished(r *rollout.Rollout) int {
 	c := r.Counts
 	return c.Succeeded + c.Partial + c.Failed + c.Canceled
@@ -271,9 +311,17 @@ func printRollout(w io.Writer, r *rollout.Rollout) {
 		for _, c := range r.Plan {
 			fmt.Fprintf(w, "  would call %s %s on %s\n", c.Action, strings.Join(c.Domains, ","), c.Platform)
 		}
+		if r.PreflightPlan != nil {
+			for _, l := range r.PreflightPlan.Lines() {
+				fmt.Fprintln(w, "  "+l)
+			}
+		}
 		return
 	}
 	fmt.Fprintln(w, "  "+countsLine(r))
+	if r.Counts.PreflightFailed > 0 {
+		fmt.Fprintf(w, "  preflight: %d platforms have a domain without its verification file (`wxdomain rollout failures %s` lists them)\n", r.Counts.PreflightFailed, r.ID)
+	}
 }
 
 func countsLine(r *rollout.Rollout) string {

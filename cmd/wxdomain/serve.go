@@ -17,6 +17,7 @@ import (
 	"github.com/wxdomain/wxdomain/internal/config"
 	"github.com/wxdomain/wxdomain/internal/httpapi"
 	"github.com/wxdomain/wxdomain/internal/monitor"
+	"github.com/wxdomain/wxdomain/internal/preflight"
 	"github.com/wxdomain/wxdomain/internal/wxcrypt"
 )
 
@@ -56,6 +57,11 @@ long polls end 5s before it), error answers never exceed 16 KiB.`,
 				if err := platforms.ResolveSecrets(a.getenv); err != nil {
 					return err
 				}
+			} else {
+				// The API asks WeChat for verification files with the
+				// fleet's shared token; a secret it cannot resolve only
+				// matters while no worker has fetched that token.
+				_ = platforms.ResolveSecrets(a.getenv)
 			}
 			log, rdb, done, err := a.start(ctx, cfg)
 			if err != nil {
@@ -70,7 +76,21 @@ long polls end 5s before it), error answers never exceed 16 KiB.`,
 
 			reg, m := a.newMetrics(rdb)
 			a.watchPrimary(ctx, rdb, log)
-			handler, err := a.apiHandler(rdb, cfg, platforms, tokens, reg, log)
+			var f *fleet
+			var pf *preflight.Preflight
+			if withWorker {
+				if f, err = newFleet(rdb, cfg, a.durability(cfg), platforms, m, log); err != nil {
+					return err
+				}
+				pf = f.preflight
+			} else {
+				up, err := newUpstream(rdb, cfg, platforms, m, log)
+				if err != nil {
+					return err
+				}
+				pf = newPreflight(rdb, cfg, platforms, up, m)
+			}
+			handler, err := a.apiHandler(rdb, cfg, platforms, tokens, reg, pf, log)
 			if err != nil {
 				return err
 			}
@@ -79,11 +99,7 @@ long polls end 5s before it), error answers never exceed 16 KiB.`,
 			defer stop()
 			go func() { errc <- serve(sctx, ln, handler, cfg) }()
 			running := 1
-			if withWorker {
-				f, err := newFleet(rdb, cfg, a.durability(cfg), platforms, m, log)
-				if err != nil {
-					return err
-				}
+			if f != nil {
 				running++
 				go func() { errc <- f.run(sctx, serverConfig(cfg)) }()
 			}
@@ -124,13 +140,19 @@ func oneTimeToken() string {
 	return "wxd_" + hex.EncodeToString(b[:])
 }
 
-func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, tokens []string, reg *prometheus.Registry, log *zap.Logger) (http.Handler, error) {
+func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, tokens []string, reg *prometheus.Registry, pf *preflight.Preflight, log *zap.Logger) (http.Handler, error) {
 	events, err := eventCrypters(platforms)
 	if err != nil {
 		return nil, err
 	}
-	rollouts, client := rolloutService(rdb, cfg, a.durability(cfg), platforms)
+	rollouts, client := rolloutService(rdb, cfg, a.durability(cfg), platforms, pf)
+	var hpf httpapi.Preflight
+	if pf != nil {
+		hpf = pf
+	}
 	return httpapi.New(httpapi.Config{
+		Preflight:       hpf,
+		MaxDomains:      cfg.MaxDomains,
 		Client:          client,
 		Rollouts:        rollouts,
 		Platforms:       platformReporter(rdb, cfg, platforms),

@@ -69,6 +69,8 @@ type Config struct {
 	RedisMinReplicas int
 	// RedisWaitTimeout bounds the wait for replicas.
 	RedisWaitTimeout time.Duration
+	// Preflight is the preflight mode of changes that name none.
+	Preflight tasks.PreflightMode
 	// APITokens authenticate the HTTP API; never logged.
 	APITokens []Secret
 	// Errcode classification of modify_wxa_jump_domain (see worker.Policy).
@@ -124,6 +126,7 @@ func Default() Config {
 		FanoutBatch:        500,
 		RedisMinReplicas:   -1,
 		RedisWaitTimeout:   time.Second,
+		Preflight:          tasks.PreflightWarn,
 		Queue:              tasks.QueueDefault,
 		KeyPrefix:          tasks.DefaultPrefix,
 		LogLevel:           zapcore.InfoLevel,
@@ -218,6 +221,14 @@ var Settings = []Setting{
 			return fmt.Errorf("%q: want a duration from 10ms to 2s, such as 1s", v)
 		}
 		c.RedisWaitTimeout = d
+		return nil
+	}},
+	{"WXDOMAIN_PREFLIGHT", func(c *Config, v string) error {
+		m := tasks.PreflightMode(v)
+		if v == "" || !m.Valid() {
+			return fmt.Errorf("%q: want enforce, warn or off", v)
+		}
+		c.Preflight = m
 		return nil
 	}},
 	{"WXDOMAIN_TRUSTED_ORIGINS", func(c *Config, v string) error {

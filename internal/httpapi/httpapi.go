@@ -55,6 +55,11 @@ type Config struct {
 	// Events returns the crypter of a platform that receives WeChat's
 	// pushes; ok is false for a platform without token and key.
 	Events func(appid string) (c *wxcrypt.Crypter, ok bool)
+	// Preflight, if set, serves a platform's verification file and the
+	// preflight check of domains.
+	Preflight Preflight
+	// Rules normalise and bound the domains of a preflight request.
+	MaxDomains int
 	// Rollouts, if set, serves /v1/rollouts.
 	Rollouts *rollout.Service
 	// Monitoring is the asynq web UI, served under /monitoring/ behind the
@@ -124,6 +129,10 @@ func New(cfg Config) http.Handler {
 	mux.Handle("GET /v1/platforms", a.auth(a.listPlatforms))
 	mux.Handle("PUT /v1/platforms/{appid}/ticket", a.auth(a.putTicket))
 	mux.Handle("POST /v1/platforms/{appid}/resume", a.auth(a.resumePlatform))
+	if cfg.Preflight != nil {
+		mux.Handle("GET /v1/platforms/{appid}/confirmfile", a.auth(a.confirmFile))
+		mux.Handle("POST /v1/platforms/{appid}/preflight", a.auth(a.preflight))
+	}
 	if cfg.Rollouts != nil {
 		mux.Handle("POST /v1/rollouts", a.auth(a.createRollout))
 		mux.Handle("GET /v1/rollouts", a.auth(a.listRollouts))

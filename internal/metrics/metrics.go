@@ -23,6 +23,7 @@ type Metrics struct {
 	pauses       *prometheus.CounterVec
 	failovers    prometheus.Counter
 	unconfirmed  prometheus.Counter
+	preflight    *prometheus.CounterVec
 }
 
 // New registers the metrics, plus Go and process collectors, on reg.
@@ -55,10 +56,21 @@ func New(reg prometheus.Registerer) *Metrics {
 		unconfirmed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "wxdomain_redis_unconfirmed_writes_total", Help: "Acknowledgements withheld because Redis replicas did not confirm the write (WXDOMAIN_REDIS_MIN_REPLICAS).",
 		}),
+		preflight: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxdomain_preflight_checks_total", Help: "Verification-file checks made (cached results not counted), by result: ok, dns, tls, status, redirect, mismatch, timeout, connect, refused_address.",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.changes, m.calls, m.callSeconds, m.tokenFetches, m.limiterWait, m.deferrals, m.pauses, m.failovers, m.unconfirmed,
+	reg.MustRegister(m.preflight, m.changes, m.calls, m.callSeconds, m.tokenFetches, m.limiterWait, m.deferrals, m.pauses, m.failovers, m.unconfirmed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// PreflightCheck counts a verification-file check by its result (one of
+// preflight.Results: a small fixed set, never the domain).
+func (m *Metrics) PreflightCheck(result string) {
+	if m != nil {
+		m.preflight.WithLabelValues(result).Inc()
+	}
 }
 
 // RedisFailover counts a change of the Redis primary.

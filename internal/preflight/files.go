@@ -77,6 +77,11 @@ type Preflight struct {
 	Checker *Checker
 }
 
+// File is the platform's verification file (see Files.Get).
+func (p *Preflight) File(ctx context.Context, appid string) (File, error) {
+	return p.Files.Get(ctx, appid)
+}
+
 // Report is a platform's preflight.
 type Report struct {
 	Platform string    `json:"platform"`

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -56,6 +57,8 @@ type Spec struct {
 	All       bool         `json:"-"`
 	Ensure    bool         `json:"ensure"`
 	DryRun    bool         `json:"dry_run"`
+	// Preflight is the rollout's preflight mode ("": the workers' default).
+	Preflight tasks.PreflightMode `json:"preflight,omitempty"`
 	// IdempotencyKey makes creating the same rollout again return the
 	// first one (Replayed); the same key with another spec is refused
 	// with tasks.ErrIdempotencyConflict.
@@ -71,26 +74,35 @@ type Counts struct {
 	Partial   int `json:"partial"`
 	Failed    int `json:"failed"`
 	Canceled  int `json:"canceled"`
+	// PreflightFailed counts the platforms whose change found a domain
+	// not serving the verification file (in any status; not part of the
+	// total).
+	PreflightFailed int `json:"preflight_failed"`
 }
 
 // Rollout is a rollout's state, as the API and the CLI show it.
 type Rollout struct {
-	ID         string       `json:"rollout_id"`
-	Name       string       `json:"name"`
-	Action     tasks.Action `json:"action"`
-	Domains    []string     `json:"domains"`
-	Publish    bool         `json:"publish"`
-	Mode       string       `json:"mode"`
-	Status     string       `json:"status"`
-	Total      int          `json:"total"`
-	Attempt    int          `json:"attempt"`
-	Counts     Counts       `json:"counts"`
-	CreatedAt  time.Time    `json:"created_at"`
-	FinishedAt *time.Time   `json:"finished_at,omitempty"`
+	ID      string       `json:"rollout_id"`
+	Name    string       `json:"name"`
+	Action  tasks.Action `json:"action"`
+	Domains []string     `json:"domains"`
+	Publish bool         `json:"publish"`
+	Mode    string       `json:"mode"`
+	// Preflight is the mode the rollout's changes name ("": the workers'
+	// default).
+	Preflight  tasks.PreflightMode `json:"preflight,omitempty"`
+	Status     string              `json:"status"`
+	Total      int                 `json:"total"`
+	Attempt    int                 `json:"attempt"`
+	Counts     Counts              `json:"counts"`
+	CreatedAt  time.Time           `json:"created_at"`
+	FinishedAt *time.Time          `json:"finished_at,omitempty"`
 	// Error says why the fan-out failed (status failed).
 	Error string `json:"error,omitempty"`
 	// Plan lists what a dry run would call.
 	Plan []tasks.JumpDomainChange `json:"plan,omitempty"`
+	// PreflightPlan is a dry run's preflight of every platform.
+	PreflightPlan *PreflightSummary `json:"preflight_plan,omitempty"`
 	// Replayed: an idempotency key's first rollout, returned again.
 	Replayed bool `json:"replayed,omitempty"`
 }
@@ -114,6 +126,11 @@ type Config struct {
 	// TTL is how long a finished rollout stays readable; default
 	// DefaultTTL.
 	TTL time.Duration
+	// Preflight, when set, checks every platform's domains in a dry run.
+	Preflight Preflighter
+	// PreflightDefault is the mode of a rollout that names none (the
+	// workers' WXDOMAIN_PREFLIGHT); default warn.
+	PreflightDefault tasks.PreflightMode
 }
 
 // DefaultTTL keeps a finished rollout for 30 days.
@@ -149,6 +166,9 @@ func New(rdb redis.UniversalClient, client *tasks.Client, cfg Config) *Service {
 	}
 	if cfg.TTL <= 0 {
 		cfg.TTL = DefaultTTL
+	}
+	if cfg.PreflightDefault == "" {
+		cfg.PreflightDefault = tasks.PreflightWarn
 	}
 	return &Service{rdb: rdb, client: client, asynq: asynq.NewClientFromRedisClient(rdb), cfg: cfg, now: time.Now}
 }
@@ -197,7 +217,7 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 	if len(spec.Name) > maxName || strings.ContainsFunc(spec.Name, unicode.IsControl) || !utf8.ValidString(spec.Name) {
 		problems.Add(tasks.Problem{Code: "invalid_name", Field: "name", Value: spec.Name, Reason: fmt.Sprintf("must be at most %d characters of text, without control characters", maxName)})
 	}
-	change := tasks.JumpDomainChange{Platform: platforms[0], Action: spec.Action, Domains: spec.Domains, Publish: spec.Publish, Ensure: spec.Ensure}
+	change := tasks.JumpDomainChange{Platform: platforms[0], Action: spec.Action, Domains: spec.Domains, Publish: spec.Publish, Ensure: spec.Ensure, Preflight: spec.Preflight}
 	if !tasks.ValidAppID(change.Platform) {
 		change.Platform = "wx0000000000000000" // its problem is reported above
 	}
@@ -210,7 +230,7 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 	}
 	r := &Rollout{
 		ID: newID(), Name: spec.Name, Action: change.Action, Domains: change.Domains, Publish: spec.Publish,
-		Mode: ModeApply, Status: StatusFanningOut, Total: len(platforms), CreatedAt: s.now().UTC(),
+		Mode: ModeApply, Status: StatusFanningOut, Total: len(platforms), CreatedAt: s.now().UTC(), Preflight: spec.Preflight,
 	}
 	if r.Domains == nil {
 		r.Domains = []string{}
@@ -226,6 +246,11 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 			r.Plan = append(r.Plan, c)
 		}
 		r.Counts.Queued = 0
+		sum, err := s.preflightPlan(ctx, change, platforms)
+		if err != nil {
+			return nil, err
+		}
+		r.PreflightPlan = sum
 		return r, nil
 	}
 	domains, _ := json.Marshal(r.Domains)
@@ -242,7 +267,7 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 		p.HSet(ctx, s.key(r.ID), map[string]any{
 			"name": r.Name, "action": string(r.Action), "domains": string(domains), "publish": strconv.FormatBool(r.Publish),
 			"mode": r.Mode, "status": r.Status, "total": r.Total, "attempt": 0, "created_at": r.CreatedAt.Format(time.RFC3339Nano),
-			"ttl_ms": s.cfg.TTL.Milliseconds(), "fingerprint": fp,
+			"ttl_ms": s.cfg.TTL.Milliseconds(), "fingerprint": fp, "preflight": string(r.Preflight),
 		})
 		for _, chunk := range chunks(platforms, 1000) {
 			args := make([]any, len(chunk))
@@ -344,7 +369,10 @@ func specFingerprint(r *Rollout, platforms []string) string {
 		Publish   bool
 		Mode      string
 		Platforms []string
-	}{r.Name, r.Action, r.Domains, r.Publish, r.Mode, platforms})
+		// Absent when not given, so that keys of rollouts made before
+		// preflight modes existed still replay.
+		Preflight tasks.PreflightMode `json:",omitempty"`
+	}{r.Name, r.Action, r.Domains, r.Publish, r.Mode, platforms, r.Preflight})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
@@ -438,7 +466,7 @@ func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 	if err != nil {
 		return err
 	}
-	change := tasks.JumpDomainChange{Action: r.Action, Domains: r.Domains, Publish: r.Publish, RolloutID: r.ID, Ensure: r.Mode == ModeEnsure}
+	change := tasks.JumpDomainChange{Action: r.Action, Domains: r.Domains, Publish: r.Publish, RolloutID: r.ID, Ensure: r.Mode == ModeEnsure, Preflight: r.Preflight}
 	total, err := s.rdb.LLen(ctx, s.listKey(r.ID, p.Attempt)).Result()
 	if err != nil {
 		return err
@@ -596,6 +624,7 @@ func (s *Service) Get(ctx context.Context, id string) (*Rollout, error) {
 	cmds, perr := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.HGetAll(ctx, s.key(id))
 		p.HGetAll(ctx, s.countsKey(id))
+		p.SCard(ctx, tasks.RolloutPreflightKey(s.cfg.Prefix, id))
 		return nil
 	})
 	if perr != nil {
@@ -606,7 +635,7 @@ func (s *Service) Get(ctx context.Context, id string) (*Rollout, error) {
 	if len(h) == 0 {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
-	r := &Rollout{ID: id, Name: h["name"], Action: tasks.Action(h["action"]), Mode: h["mode"], Status: h["status"]}
+	r := &Rollout{ID: id, Name: h["name"], Action: tasks.Action(h["action"]), Mode: h["mode"], Status: h["status"], Preflight: tasks.PreflightMode(h["preflight"])}
 	_ = json.Unmarshal([]byte(h["domains"]), &r.Domains)
 	r.Publish, _ = strconv.ParseBool(h["publish"])
 	r.Total, _ = strconv.Atoi(h["total"])
@@ -620,6 +649,7 @@ func (s *Service) Get(ctx context.Context, id string) (*Rollout, error) {
 	r.Counts = Counts{
 		Queued: n(tasks.StatusQueued), Running: n(tasks.StatusRunning), Retrying: n(tasks.StatusRetrying),
 		Succeeded: n(tasks.StatusSucceeded), Partial: n(tasks.StatusPartial), Failed: n(tasks.StatusFailed), Canceled: n(tasks.StatusCanceled),
+		PreflightFailed: int(cmds[2].(*redis.IntCmd).Val()),
 	}
 	return r, nil
 }
@@ -655,6 +685,9 @@ type Outcome struct {
 	ErrMsg   string       `json:"errmsg,omitempty"`
 	Error    string       `json:"error,omitempty"`
 	Note     string       `json:"note,omitempty"`
+	// Preflight is the change's preflight field: each domain checked,
+	// "ok" or what is wrong.
+	Preflight map[string]string `json:"preflight,omitempty"`
 }
 
 // Tasks pages through a rollout's platforms, optionally of one status;
@@ -676,22 +709,7 @@ func (s *Service) Tasks(ctx context.Context, id string, status tasks.Status, cur
 			if status != "" && st != status {
 				continue
 			}
-			o := Outcome{Platform: kv[i], Status: st, TaskID: TaskID(id, r.Attempt, kv[i])}
-			if rec, err := s.client.Get(ctx, o.TaskID); err == nil {
-				o.ErrCode, o.ErrMsg, o.Error, o.Note = rec.ErrCode, rec.ErrMsg, rec.Error, rec.Note
-			} else if r.Attempt > 0 {
-				// Not retried in this attempt: the outcome is from an earlier one.
-				for a := r.Attempt - 1; a >= 0; a-- {
-					if rec, err := s.client.Get(ctx, TaskID(id, a, kv[i])); err == nil {
-						o.TaskID, o.ErrCode, o.ErrMsg, o.Error, o.Note = rec.TaskID, rec.ErrCode, rec.ErrMsg, rec.Error, rec.Note
-						break
-					}
-				}
-			}
-			if o.Error == "" && st == tasks.StatusFailed {
-				o.Error = r.Error // never queued: the fan-out failed
-			}
-			out = append(out, o)
+			out = append(out, s.outcome(ctx, r, kv[i], st))
 		}
 		cur = next
 		if cur == 0 {
@@ -701,6 +719,50 @@ func (s *Service) Tasks(ctx context.Context, id string, status tasks.Status, cur
 			return out, strconv.FormatUint(cur, 10), nil
 		}
 	}
+}
+
+// outcome reads a platform's part in the rollout from its latest record.
+func (s *Service) outcome(ctx context.Context, r *Rollout, appid string, st tasks.Status) Outcome {
+	o := Outcome{Platform: appid, Status: st, TaskID: TaskID(r.ID, r.Attempt, appid)}
+	if rec, err := s.client.Get(ctx, o.TaskID); err == nil {
+		o.ErrCode, o.ErrMsg, o.Error, o.Note, o.Preflight = rec.ErrCode, rec.ErrMsg, rec.Error, rec.Note, rec.Preflight
+	} else if r.Attempt > 0 {
+		// Not retried in this attempt: the outcome is from an earlier one.
+		for a := r.Attempt - 1; a >= 0; a-- {
+			if rec, err := s.client.Get(ctx, TaskID(r.ID, a, appid)); err == nil {
+				o.TaskID, o.ErrCode, o.ErrMsg, o.Error, o.Note, o.Preflight = rec.TaskID, rec.ErrCode, rec.ErrMsg, rec.Error, rec.Note, rec.Preflight
+				break
+			}
+		}
+	}
+	if o.Error == "" && st == tasks.StatusFailed {
+		o.Error = r.Error // never queued: the fan-out failed
+	}
+	return o
+}
+
+// PreflightFailures lists the platforms whose change found a domain not
+// serving its verification file, whatever their status (in warn mode
+// they were called anyway), sorted by appid.
+func (s *Service) PreflightFailures(ctx context.Context, id string) ([]Outcome, error) {
+	r, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	appids, err := s.rdb.SMembers(ctx, tasks.RolloutPreflightKey(s.cfg.Prefix, id)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list rollout %s preflight failures: %w", id, err)
+	}
+	sort.Strings(appids)
+	out := make([]Outcome, 0, len(appids))
+	for _, a := range appids {
+		st, err := s.rdb.HGet(ctx, s.stateKey(id), a).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return nil, fmt.Errorf("list rollout %s: %w", id, err)
+		}
+		out = append(out, s.outcome(ctx, r, a, tasks.Status(st)))
+	}
+	return out, nil
 }
 
 // Cancel stops what has not run: the fan-out stops, queued and retrying

@@ -20,6 +20,8 @@ import (
 	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/metrics"
 	"github.com/wxdomain/wxdomain/internal/pause"
+	"github.com/wxdomain/wxdomain/internal/preflight"
+	"github.com/wxdomain/wxdomain/internal/preflight/preflighttest"
 	"github.com/wxdomain/wxdomain/internal/redistest"
 	"github.com/wxdomain/wxdomain/internal/token"
 	"github.com/wxdomain/wxdomain/internal/wechat"
@@ -69,6 +71,13 @@ type setupOpts struct {
 	metrics *metrics.Metrics
 	// maxDefer bounds how long a change may wait in all (default 48h).
 	maxDefer time.Duration
+	// files, if set, serves the domains' verification files: the sandbox
+	// checks them (as WeChat does) and the workers run the preflight,
+	// both aimed at this server, in preflightMode by default.
+	files         *preflighttest.Server
+	preflightMode tasks.PreflightMode
+	// preflightChecks, if set, is told of every check a worker makes.
+	preflightChecks func(result string)
 }
 
 // setup runs a real asynq worker against the sandbox upstream over the
@@ -76,10 +85,14 @@ type setupOpts struct {
 func setup(t testing.TB, open func(testing.TB) redistest.Bundle, o setupOpts) *testBundle {
 	t.Helper()
 	rb := open(t)
-	sb := wechattest.New(wechattest.Config{Strict: true})
+	sbCfg := wechattest.Config{Strict: true}
+	if o.files != nil {
+		sbCfg.FileClient = o.files.Client()
+	}
+	sb := wechattest.New(sbCfg)
 	apps := append([]string{appA, appB}, o.platforms...)
 	for _, app := range apps {
-		sb.PutPlatform(wechattest.Platform{AppID: app, Secret: "secret-" + app, Released: true})
+		sb.PutPlatform(wechattest.Platform{AppID: app, Secret: "secret-" + app, Released: true, CheckFiles: o.files != nil})
 	}
 	h := sb.Handler()
 	if o.upstream != nil {
@@ -140,9 +153,15 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	o := b.opts
 	tokens := token.NewSource(b.redis.Client, b.wc, b.tickets, token.SourceConfig{Prefix: b.redis.Prefix, Margin: time.Minute, Secret: b.secrets}, b.log)
 	limiter := limit.New(b.redis.Client, b.redis.Prefix, o.global, limit.Pacing{})
+	rate := func(appid string) limit.Rate { return o.rates[appid] }
+	var pf worker.Preflighter
+	if o.files != nil {
+		pf = b.newPreflight(tokens, limiter, o.files)
+	}
 	h := worker.NewHandler(b.store, tokens, b.wc, b.pauses, limiter, worker.Config{
+		Preflight: pf, PreflightDefault: o.preflightMode,
 		RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute,
-		Rate:    func(appid string) limit.Rate { return o.rates[appid] },
+		Rate:    rate,
 		Lead:    100 * time.Millisecond, // the queue is polled every 50ms here
 		Metrics: o.metrics, MaxDefer: o.maxDefer, BulkQueue: b.redis.Queue + "_bulk", Concurrency: o.concurrency,
 	}, b.log)
@@ -170,6 +189,24 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	}
 	t.Cleanup(stop)
 	return stop
+}
+
+// newPreflight is a process's preflight aimed at the files server.
+func (b *testBundle) newPreflight(tokens worker.Tokens, limiter *limit.Limiter, files *preflighttest.Server) *preflight.Preflight {
+	cc := files.CheckerConfig()
+	cc.Observe = b.opts.preflightChecks
+	rate := func(appid string) limit.Rate { return b.opts.rates[appid] }
+	return &preflight.Preflight{
+		Files:   preflight.NewFiles(b.redis.Client, b.redis.Prefix, worker.ConfirmFileFetcher(tokens, b.wc, limiter, rate, worker.DefaultPolicy(), time.Second)),
+		Checker: preflight.NewChecker(b.redis.Client, b.redis.Prefix, cc),
+	}
+}
+
+// preflight is the preflight of another process (an API server's).
+func (b *testBundle) preflight(t testing.TB, files *preflighttest.Server) *preflight.Preflight {
+	t.Helper()
+	tokens := token.NewSource(b.redis.Client, b.wc, b.tickets, token.SourceConfig{Prefix: b.redis.Prefix, Margin: time.Minute, Secret: b.secrets}, b.log)
+	return b.newPreflight(tokens, limit.New(b.redis.Client, b.redis.Prefix, b.opts.global, limit.Pacing{}), files)
 }
 
 // enqueueWait submits a change and waits for its final record.

@@ -39,6 +39,7 @@ type Server struct {
 	files    map[string]string // host + path → body
 	handlers map[string]http.HandlerFunc
 	hits     map[string]int // host → requests
+	checks   map[string]int // host → requests from wxdomain's checker
 }
 
 // NewServer starts a server, closed when the test ends.
@@ -60,7 +61,7 @@ func NewServer(t testing.TB) *Server {
 	ca, _ := x509.ParseCertificate(der)
 	s := &Server{
 		caCert: ca, caKey: key, CA: x509.NewCertPool(),
-		certs: map[string]*tls.Certificate{}, files: map[string]string{}, handlers: map[string]http.HandlerFunc{}, hits: map[string]int{},
+		certs: map[string]*tls.Certificate{}, files: map[string]string{}, handlers: map[string]http.HandlerFunc{}, hits: map[string]int{}, checks: map[string]int{},
 	}
 	s.CA.AddCert(ca)
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
@@ -103,6 +104,14 @@ func (s *Server) Hits(domain string) int {
 	return s.hits[domain]
 }
 
+// CheckerHits is how many requests wxdomain's checker (not the sandbox)
+// made to domain.
+func (s *Server) CheckerHits(domain string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.checks[domain]
+}
+
 // TotalHits is how many requests reached the server.
 func (s *Server) TotalHits() int {
 	s.mu.Lock()
@@ -143,6 +152,9 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	s.hits[host]++
+	if strings.HasPrefix(r.UserAgent(), "wxdomain-preflight") {
+		s.checks[host]++
+	}
 	h := s.handlers[host]
 	body, ok := s.files[host+r.URL.Path]
 	s.mu.Unlock()

@@ -289,6 +289,8 @@ type changeRequest struct {
 	Action   tasks.Action `json:"action"`
 	Domains  []string     `json:"domains"`
 	Publish  bool         `json:"publish"`
+	// Preflight is validated with the change (enforce, warn, off).
+	Preflight tasks.PreflightMode `json:"preflight"`
 }
 
 // DecodeChange reads a change request: one JSON object of known fields,
@@ -306,7 +308,7 @@ func DecodeChange(body io.Reader) (tasks.JumpDomainChange, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return tasks.JumpDomainChange{}, errors.New("unexpected data after the JSON object")
 	}
-	return tasks.JumpDomainChange{Platform: req.Platform, Action: req.Action, Domains: req.Domains, Publish: req.Publish}, nil
+	return tasks.JumpDomainChange{Platform: req.Platform, Action: req.Action, Domains: req.Domains, Publish: req.Publish, Preflight: req.Preflight}, nil
 }
 
 // decodeBody applies the size cap and maps decoding failures to API errors.
@@ -629,13 +631,14 @@ type refusals struct {
 // rolloutRequest is the body of POST /v1/rollouts; platforms is a list of
 // appids or the string "all".
 type rolloutRequest struct {
-	Name      string          `json:"name"`
-	Action    tasks.Action    `json:"action"`
-	Domains   []string        `json:"domains"`
-	Publish   bool            `json:"publish"`
-	Platforms json.RawMessage `json:"platforms"`
-	Ensure    bool            `json:"ensure"`
-	DryRun    bool            `json:"dry_run"`
+	Name      string              `json:"name"`
+	Action    tasks.Action        `json:"action"`
+	Domains   []string            `json:"domains"`
+	Publish   bool                `json:"publish"`
+	Platforms json.RawMessage     `json:"platforms"`
+	Ensure    bool                `json:"ensure"`
+	DryRun    bool                `json:"dry_run"`
+	Preflight tasks.PreflightMode `json:"preflight"`
 }
 
 func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
@@ -647,7 +650,7 @@ func (a *api) createRollout(w http.ResponseWriter, r *http.Request) {
 	}) {
 		return
 	}
-	spec := rollout.Spec{Name: req.Name, Action: req.Action, Domains: req.Domains, Publish: req.Publish, Ensure: req.Ensure, DryRun: req.DryRun}
+	spec := rollout.Spec{Name: req.Name, Action: req.Action, Domains: req.Domains, Publish: req.Publish, Ensure: req.Ensure, DryRun: req.DryRun, Preflight: req.Preflight}
 	var all string
 	if err := json.Unmarshal(req.Platforms, &all); err == nil && all == "all" {
 		spec.All = true

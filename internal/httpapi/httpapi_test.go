@@ -368,7 +368,7 @@ func TestWeChatTicketPush(t *testing.T) {
 
 func TestOpenAPIMatchesTheRoutes(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setup(t, func(c *httpapi.Config) { c.Preflight = stubPreflight{} })
 	r := b.do(t, http.MethodGet, "/v1/openapi.json", "")
 	require.Equal(t, http.StatusOK, r.status)
 	var doc struct {
@@ -398,6 +398,7 @@ func TestOpenAPIMatchesTheRoutes(t *testing.T) {
 		"POST /wechat/events/{appid}",
 		"POST /v1/rollouts", "GET /v1/rollouts", "GET /v1/rollouts/{rollout_id}", "GET /v1/rollouts/{rollout_id}/tasks",
 		"POST /v1/rollouts/{rollout_id}/cancel", "POST /v1/rollouts/{rollout_id}/retry",
+		"GET /v1/platforms/{appid}/confirmfile", "POST /v1/platforms/{appid}/preflight",
 	}
 	assert.ElementsMatch(t, served, documented)
 }

@@ -80,6 +80,36 @@ func TestPreflightRoutes(t *testing.T) {
 	assert.Contains(t, fmt.Sprint(r.body), "61004")
 }
 
+// stubPreflight has a file and finds every domain fine.
+type stubPreflight struct{}
+
+func (stubPreflight) File(context.Context, string) (preflight.File, error) {
+	return preflight.File{Name: "a.txt", Content: "x"}, nil
+}
+
+func (stubPreflight) Run(_ context.Context, appid string, domains []string, _ bool) (preflight.Report, error) {
+	rep := preflight.Report{Platform: appid, File: preflight.File{Name: "a.txt", Content: "x"}}
+	for _, d := range domains {
+		rep.Findings = append(rep.Findings, preflight.Finding{Domain: d, Result: preflight.ResultOK})
+	}
+	return rep, nil
+}
+
+// The mode of a change and of a rollout is taken, and checked.
+func TestPreflightModeInRequests(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	r := b.do(t, "POST", "/v1/changes", `{"platform":"`+app+`","action":"add","domains":["a.example.com"],"preflight":"enforce"}`)
+	require.Equal(t, 202, r.status, r.body)
+	assert.Equal(t, "enforce", r.body["preflight_mode"])
+	r = b.do(t, "POST", "/v1/changes", `{"platform":"`+app+`","action":"add","domains":["a.example.com"],"preflight":"sometimes"}`)
+	assert.Equal(t, 422, r.status)
+	assert.Equal(t, "invalid_preflight", errCode(r))
+	r = b.do(t, "POST", "/v1/rollouts", `{"action":"add","domains":["a.example.com"],"platforms":"all","preflight":"off"}`)
+	require.Equal(t, 202, r.status, r.body)
+	assert.Equal(t, "off", r.body["preflight"])
+}
+
 func manyDomains(n int) string {
 	out := make([]string, n)
 	for i := range out {

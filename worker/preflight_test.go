@@ -5,6 +5,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
@@ -87,6 +88,10 @@ func TestPreflightWarnRolloutCallsAndRecordsTheFindings(t *testing.T) {
 		assert.True(t, strings.HasPrefix(rec.Preflight[filesDomain], tasks.PreflightMissing), rec.Preflight[filesDomain])
 	}
 	assert.Equal(t, 20, calls)
+	// The set of those platforms expires with the finished rollout.
+	ttl, err := b.redis.Client.PTTL(context.Background(), tasks.RolloutPreflightKey(b.redis.Prefix, r.ID)).Result()
+	require.NoError(t, err)
+	assert.Greater(t, ttl, time.Duration(0))
 
 	// The failures list the platforms called anyway, with the reasons.
 	svc := rollout.New(b.redis.Client, b.client, rollout.Config{Prefix: b.redis.Prefix})

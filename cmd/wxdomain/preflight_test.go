@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/json"
 	"os/exec"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -18,6 +20,7 @@ func TestPreflightCommands(t *testing.T) {
 	t.Parallel()
 	rb := redistest.Real(t)
 	c := newCLI(t, rb, "platforms:\n  - appid: "+appID+"\n    secret_env: WX_SECRET\n", "WX_SECRET="+appSecret)
+	c.env = slices.DeleteFunc(c.env, func(kv string) bool { return strings.HasPrefix(kv, "WXDOMAIN_PREFLIGHT=") }) // the default, warn
 	c.startFake()
 	_, errOut, err := c.run("ticket", "set", appID, theTicket)
 	require.NoError(t, err, errOut)

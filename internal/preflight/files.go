@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
 )
 
 // Defaults of Files.
@@ -17,6 +18,10 @@ const (
 	// refetchAfter: a file found wrong on a domain is asked for again,
 	// in case WeChat changed it, unless it was fetched this recently.
 	refetchAfter = time.Minute
+	// fetchLease: while one process asks WeChat for a platform's file,
+	// the others wait for its answer, this long at most.
+	fetchLease = 10 * time.Second
+	fetchPoll  = 50 * time.Millisecond
 )
 
 // FetchFunc asks WeChat for a platform's verification file
@@ -30,6 +35,7 @@ type Files struct {
 	prefix string
 	fetch  FetchFunc
 	ttl    time.Duration
+	group  singleflight.Group
 }
 
 // NewFiles returns the file cache; fetch is called on a miss.
@@ -37,21 +43,64 @@ func NewFiles(rdb redis.UniversalClient, prefix string, fetch FetchFunc) *Files 
 	return &Files{rdb: rdb, prefix: prefix, fetch: fetch, ttl: DefaultFileTTL}
 }
 
-func (f *Files) key(appid string) string { return f.prefix + "confirmfile:" + appid }
+func (f *Files) key(appid string) string     { return f.prefix + "confirmfile:" + appid }
+func (f *Files) lockKey(appid string) string { return f.prefix + "confirmfile_lock:" + appid }
 
-// Get returns the platform's file, from the cache or from WeChat.
-func (f *Files) Get(ctx context.Context, appid string) (File, error) {
+// cached reads the platform's file from Redis; ok is false on a miss.
+func (f *Files) cached(ctx context.Context, appid string) (File, bool, error) {
 	b, err := f.rdb.Get(ctx, f.key(appid)).Bytes()
 	switch {
-	case err == nil:
-		var file File
-		if json.Unmarshal(b, &file) == nil && file.Name != "" {
-			return file, nil
-		}
-	case !errors.Is(err, redis.Nil):
-		return File{}, fmt.Errorf("read verification file of %s: %w", appid, err)
+	case errors.Is(err, redis.Nil):
+		return File{}, false, nil
+	case err != nil:
+		return File{}, false, fmt.Errorf("read verification file of %s: %w", appid, err)
 	}
-	return f.Fetch(ctx, appid)
+	var file File
+	if json.Unmarshal(b, &file) != nil || file.Name == "" {
+		return File{}, false, nil
+	}
+	return file, true, nil
+}
+
+// Get returns the platform's file, from the cache or from WeChat. On a
+// miss the fleet asks WeChat once: one caller per process, one process
+// under a lock, the others waiting for its answer (a rollout's changes of
+// one platform would otherwise each spend a call and a rate slot).
+func (f *Files) Get(ctx context.Context, appid string) (File, error) {
+	if file, ok, err := f.cached(ctx, appid); ok || err != nil {
+		return file, err
+	}
+	v, err, _ := f.group.Do(appid, func() (any, error) {
+		got, err := f.rdb.SetNX(ctx, f.lockKey(appid), "1", fetchLease).Result()
+		if err != nil {
+			return File{}, fmt.Errorf("lock verification file of %s: %w", appid, err)
+		}
+		if got {
+			defer f.rdb.Del(context.WithoutCancel(ctx), f.lockKey(appid))
+			return f.Fetch(ctx, appid)
+		}
+		deadline := time.Now().Add(fetchLease)
+		for time.Now().Before(deadline) {
+			t := time.NewTimer(fetchPoll)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return File{}, ctx.Err()
+			case <-t.C:
+			}
+			if file, ok, err := f.cached(ctx, appid); ok || err != nil {
+				return file, err
+			}
+			if n, err := f.rdb.Exists(ctx, f.lockKey(appid)).Result(); err == nil && n == 0 {
+				break // the other process gave up: ask ourselves
+			}
+		}
+		return f.Fetch(ctx, appid)
+	})
+	if err != nil {
+		return File{}, err
+	}
+	return v.(File), nil
 }
 
 // Fetch asks WeChat for the file and caches it.

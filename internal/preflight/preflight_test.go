@@ -379,3 +379,29 @@ func TestFileNamesFromWeChatAreChecked(t *testing.T) {
 	_, err := files.Get(context.Background(), "wx0123456789abcdef")
 	require.ErrorContains(t, err, "not a plain file name")
 }
+
+// A fleet asks WeChat for a platform's file once, however many changes
+// of it start together in however many processes.
+func TestFileIsFetchedOncePerFleet(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var fetches atomic.Int32
+	fetch := func(context.Context, string) (string, string, error) {
+		fetches.Add(1)
+		time.Sleep(100 * time.Millisecond) // WeChat's round trip
+		return "abc.txt", "v", nil
+	}
+	procs := []*preflight.Files{preflight.NewFiles(b.rdb.Client, b.rdb.Prefix, fetch), preflight.NewFiles(b.rdb.Client, b.rdb.Prefix, fetch)}
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, err := procs[i%2].Get(context.Background(), "wx0123456789abcdef")
+			assert.NoError(t, err)
+			assert.Equal(t, "abc.txt", f.Name)
+		}()
+	}
+	wg.Wait()
+	assert.EqualValues(t, 1, fetches.Load())
+}

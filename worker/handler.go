@@ -826,7 +826,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 	case KindCanceled:
 		return h.interrupted(ctx, rec, callErr)
 	case KindPause:
-		return h.pausePlatform(ctx, rec, d)
+		return h.pausePlatform(ctx, rec, d, true)
 	case KindWait:
 		return h.deferTask(ctx, rec.TaskID, rec.Queue, rec.Change(), deferral{
 			until: time.Now().Add(max(d.Wait, h.cfg.Lead)), reason: d.Reason, undoAttempt: true,
@@ -890,8 +890,9 @@ func (h *Handler) updateRetrying(ctx context.Context, id string, fn func(*tasks.
 }
 
 // pausePlatform makes the whole fleet hold the platform's changes; the one
-// process that starts the pause logs it, once per pause.
-func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decision) error {
+// process that starts the pause logs it, once per pause. undoAttempt takes
+// back the attempt this run counted (none was counted before begin).
+func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decision, undoAttempt bool) error {
 	now := time.Now()
 	p := pause.Pause{Kind: d.Pause, Reason: d.Reason}
 	switch d.Resume {
@@ -915,7 +916,7 @@ func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decisi
 	if errors.Is(err, pause.ErrTicketChanged) {
 		// The refusal was about a ticket replaced meanwhile: try the new one.
 		return h.deferTask(ctx, rec.TaskID, rec.Queue, rec.Change(), deferral{
-			until: now.Add(time.Second), reason: "a new component_verify_ticket arrived; trying it", undoAttempt: true,
+			until: now.Add(time.Second), reason: "a new component_verify_ticket arrived; trying it", undoAttempt: undoAttempt,
 		})
 	}
 	if err != nil {
@@ -929,7 +930,7 @@ func (h *Handler) pausePlatform(ctx context.Context, rec *tasks.Record, d Decisi
 	}
 	// deferTask reads the pause in force again (another may have won).
 	return h.deferTask(ctx, rec.TaskID, rec.Queue, rec.Change(), deferral{
-		until: p.Until, reason: "platform paused: " + p.Reason, undoAttempt: true, resumable: true,
+		until: p.Until, reason: "platform paused: " + p.Reason, undoAttempt: undoAttempt, resumable: true,
 	})
 }
 

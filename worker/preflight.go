@@ -184,7 +184,7 @@ func (h *Handler) preflightChange(ctx context.Context, id, queue string, change 
 	case KindFail:
 		return nil, true, h.failPreflight(ctx, id, queue, change, &PreflightError{Reason: "preflight: could not get the platform's verification file: " + d.Reason + "; nothing was sent to WeChat"})
 	case KindPause:
-		return nil, true, h.pausePlatform(ctx, rec, d)
+		return nil, true, h.pausePlatform(ctx, rec, d, false) // before begin: no attempt to take back
 	}
 	return nil, true, h.deferTask(ctx, id, queue, change, deferral{
 		until: time.Now().Add(max(d.Wait, h.cfg.RetryBase)), reason: "preflight: could not get the platform's verification file: " + d.Reason,

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/wxdomain/wxdomain/internal/preflight/preflighttest"
 	"github.com/wxdomain/wxdomain/internal/redistest"
 	"github.com/wxdomain/wxdomain/internal/rollout"
+	"github.com/wxdomain/wxdomain/internal/wechattest"
 	"github.com/wxdomain/wxdomain/tasks"
 )
 
@@ -266,4 +268,44 @@ func tokenCalls(b *testBundle) int {
 		}
 	}
 	return n
+}
+
+// WeChat refusing the file: warn goes on (the record says it was not
+// checked), enforce fails the change without a call; a refused token
+// pauses the platform without using an attempt.
+func TestPreflightWithoutTheFile(t *testing.T) {
+	t.Parallel()
+	refuse := func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/get_domain_confirmfile") {
+				_, _ = w.Write([]byte(`{"errcode":48001,"errmsg":"api unauthorized"}`))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+	files := preflighttest.NewServer(t)
+	b := setup(t, redistest.Real, setupOpts{files: files, preflightMode: tasks.PreflightWarn, upstream: refuse})
+
+	rec := b.enqueueWait(t, tasks.JumpDomainChange{Platform: appA, Action: tasks.ActionAdd, Domains: []string{"a.example.com"}})
+	assert.Equal(t, tasks.StatusPartial, rec.Status, "called: the sandbox found no file")
+	assert.Contains(t, rec.Preflight["a.example.com"], "not checked: ")
+	assert.Contains(t, rec.Preflight["a.example.com"], "48001")
+	assert.False(t, rec.PreflightFailed())
+
+	rec = b.enqueueWait(t, tasks.JumpDomainChange{Platform: appA, Action: tasks.ActionAdd, Domains: []string{"b.example.com"}, Preflight: tasks.PreflightEnforce})
+	assert.Equal(t, tasks.StatusFailed, rec.Status)
+	assert.Contains(t, rec.Error, "could not get the platform's verification file")
+	assert.Zero(t, callsOf(b.sandbox, appA, "add")-1, "no call beyond the first change's")
+
+	b.sandbox.SetFaults(appB, wechattest.Faults{TokenErrCode: 61004})
+	ctx := context.Background()
+	rec, err := b.client.Enqueue(ctx, tasks.JumpDomainChange{Platform: appB, Action: tasks.ActionAdd, Domains: []string{"c.example.com"}, Preflight: tasks.PreflightEnforce}, tasks.EnqueueOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		rec, err = b.client.Get(ctx, rec.TaskID)
+		return err == nil && strings.Contains(rec.Error, "platform paused")
+	}, 10*time.Second, 20*time.Millisecond)
+	assert.Zero(t, rec.Attempts)
+	assert.Equal(t, tasks.StatusRetrying, rec.Status)
 }

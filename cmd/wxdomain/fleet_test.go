@@ -318,7 +318,7 @@ func TestSIGKILLMidRollout(t *testing.T) {
 	assert.Regexp(t, r.ID+`\s+kill test\s+add\s+done\s+100/100\s+0`, out)
 	out, _, err = c.run("rollout", "failures", r.ID, "--csv")
 	require.NoError(t, err)
-	assert.Equal(t, "platform,errcode,errmsg,reason,task_id\n", out)
+	assert.Equal(t, "platform,errcode,errmsg,reason,task_id,status,preflight\n", out)
 	out, _, err = c.run("rollout", "status", r.ID, "--watch")
 	require.NoError(t, err)
 	assert.Regexp(t, `^\d\d:\d\d:\d\d 100/100 done: succeeded 100, partial 0, failed 0, canceled 0; queued 0, running 0, retrying 0\n$`, out, "plain lines when not a terminal")

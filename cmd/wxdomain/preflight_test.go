@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -59,4 +60,24 @@ func TestPreflightCommands(t *testing.T) {
 	require.NoError(t, err, errOut)
 	assert.Contains(t, out, "preflight (enforce): 1 of 1 platforms have a domain without its verification file")
 	assert.Contains(t, out, "1 of 1 platforms: file missing on nothing.invalid")
+
+	// In warn mode (the default) the change is made, and the rollout's
+	// failures list the platform with the reason.
+	w := c.start("worker")
+	waitFor(t, w, regexp.MustCompile(`worker started`))
+	out, errOut, err = c.run("rollout", "create", "--action", "add", "--domains", "nothing.invalid", "--all", "--wait", "--json")
+	require.NoError(t, err, errOut)
+	id := regexp.MustCompile(`"rollout_id":\s*"([0-9a-f]+)"`).FindStringSubmatch(out)
+	require.NotNil(t, id, out)
+	out, errOut, err = c.run("rollout", "status", id[1])
+	require.NoError(t, err, errOut)
+	assert.Contains(t, out, "succeeded 1")
+	assert.Contains(t, out, "preflight: 1 platforms have a domain without its verification file")
+	out, errOut, err = c.run("rollout", "failures", id[1], "--csv")
+	require.NoError(t, err, errOut)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 2, out)
+	assert.Equal(t, "platform,errcode,errmsg,reason,task_id,status,preflight", lines[0])
+	assert.Regexp(t, `^`+appID+`,0,ok,,r_[0-9a-f]+_0_`+appID+`,succeeded,nothing\.invalid: verification file missing: DNS lookup of nothing\.invalid failed`, lines[1])
+	w.stop(t)
 }

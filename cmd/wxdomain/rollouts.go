@@ -217,9 +217,11 @@ func (a *app) rolloutCommand() *cobra.Command {
 				return a.printJSON(all)
 			case asCSV:
 				w := csv.NewWriter(a.stdout)
-				_ = w.Write([]string{"platform", "status", "errcode", "errmsg", "reason", "preflight", "task_id"})
+				// New columns go last: scripts that read the first five by
+				// position keep working.
+				_ = w.Write([]string{"platform", "errcode", "errmsg", "reason", "task_id", "status", "preflight"})
 				for _, o := range all {
-					_ = w.Write([]string{o.Platform, string(o.Status), code(o.ErrCode), o.ErrMsg, o.Error, preflightFindings(o.Preflight), o.TaskID})
+					_ = w.Write([]string{o.Platform, code(o.ErrCode), o.ErrMsg, o.Error, o.TaskID, string(o.Status), preflightFindings(o.Preflight)})
 				}
 				w.Flush()
 				return w.Error()

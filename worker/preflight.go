@@ -71,7 +71,13 @@ func ConfirmFileFetcher(tokens Tokens, up ConfirmFileUpstream, limiter *limit.Li
 			f, err = call(ctx, appid, tok)
 		}
 		if err != nil {
-			return "", "", fmt.Errorf("get_domain_confirmfile: %w", err)
+			err = fmt.Errorf("get_domain_confirmfile: %w", err)
+			if policy.Classify(err).Kind == KindFail {
+				// Refused for good (an errcode with no remedy, an
+				// upstream without the API): remembered for a while.
+				return "", "", &preflight.UnavailableError{Reason: policy.Classify(err).Reason, Err: err}
+			}
+			return "", "", err
 		}
 		return f.Name, f.Content, nil
 	}
@@ -180,10 +186,13 @@ func (h *Handler) preflightChange(ctx context.Context, id, queue string, change 
 	// would for the call itself, and uses no attempt.
 	d := h.cfg.Policy.Classify(err)
 	rec := tasks.NewRecord(id, change, queue)
-	switch d.Kind {
-	case KindFail:
+	var ue *preflight.UnavailableError
+	switch {
+	case errors.As(err, &ue):
+		return nil, true, h.failPreflight(ctx, id, queue, change, &PreflightError{Reason: "preflight: could not get the platform's verification file: " + ue.Reason + "; nothing was sent to WeChat"})
+	case d.Kind == KindFail:
 		return nil, true, h.failPreflight(ctx, id, queue, change, &PreflightError{Reason: "preflight: could not get the platform's verification file: " + d.Reason + "; nothing was sent to WeChat"})
-	case KindPause:
+	case d.Kind == KindPause:
 		return nil, true, h.pausePlatform(ctx, rec, d, false) // before begin: no attempt to take back
 	}
 	return nil, true, h.deferTask(ctx, id, queue, change, deferral{

@@ -275,9 +275,11 @@ func tokenCalls(b *testBundle) int {
 // pauses the platform without using an attempt.
 func TestPreflightWithoutTheFile(t *testing.T) {
 	t.Parallel()
+	var asked atomic.Int32
 	refuse := func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if strings.HasSuffix(r.URL.Path, "/get_domain_confirmfile") {
+				asked.Add(1)
 				_, _ = w.Write([]byte(`{"errcode":48001,"errmsg":"api unauthorized"}`))
 				return
 			}
@@ -296,7 +298,9 @@ func TestPreflightWithoutTheFile(t *testing.T) {
 	rec = b.enqueueWait(t, tasks.JumpDomainChange{Platform: appA, Action: tasks.ActionAdd, Domains: []string{"b.example.com"}, Preflight: tasks.PreflightEnforce})
 	assert.Equal(t, tasks.StatusFailed, rec.Status)
 	assert.Contains(t, rec.Error, "could not get the platform's verification file")
+	assert.Contains(t, rec.Error, "48001")
 	assert.Zero(t, callsOf(b.sandbox, appA, "add")-1, "no call beyond the first change's")
+	assert.EqualValues(t, 1, asked.Load(), "a refusal for good is remembered, not asked again per change")
 
 	b.sandbox.SetFaults(appB, wechattest.Faults{TokenErrCode: 61004})
 	ctx := context.Background()

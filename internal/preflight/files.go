@@ -22,7 +22,23 @@ const (
 	// the others wait for its answer, this long at most.
 	fetchLease = 10 * time.Second
 	fetchPoll  = 50 * time.Millisecond
+	// unavailableTTL: a file WeChat will not hand out for good (the API
+	// refused, or is absent from an upstream) is not asked for again by
+	// every change for this long.
+	unavailableTTL = 10 * time.Minute
 )
+
+// UnavailableError: WeChat will not hand out the platform's file, for a
+// reason that does not pass by itself (a FetchFunc wraps such errors in
+// it). The refusal is remembered for a while, so that the fleet does not
+// spend a call and a rate slot on it per change.
+type UnavailableError struct {
+	Reason string
+	Err    error // nil when remembered from an earlier fetch
+}
+
+func (e *UnavailableError) Error() string { return e.Reason }
+func (e *UnavailableError) Unwrap() error { return e.Err }
 
 // FetchFunc asks WeChat for a platform's verification file
 // (get_domain_confirmfile), through the fleet's token and rate limiter.
@@ -45,21 +61,25 @@ func NewFiles(rdb redis.UniversalClient, prefix string, fetch FetchFunc) *Files 
 
 func (f *Files) key(appid string) string     { return f.prefix + "confirmfile:" + appid }
 func (f *Files) lockKey(appid string) string { return f.prefix + "confirmfile_lock:" + appid }
+func (f *Files) errKey(appid string) string  { return f.prefix + "confirmfile_unavailable:" + appid }
 
-// cached reads the platform's file from Redis; ok is false on a miss.
+// cached reads the platform's file from Redis, or the refusal remembered
+// instead (an *UnavailableError), in one round trip; ok is false on a miss.
 func (f *Files) cached(ctx context.Context, appid string) (File, bool, error) {
-	b, err := f.rdb.Get(ctx, f.key(appid)).Bytes()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return File{}, false, nil
-	case err != nil:
+	vals, err := f.rdb.MGet(ctx, f.key(appid), f.errKey(appid)).Result()
+	if err != nil {
 		return File{}, false, fmt.Errorf("read verification file of %s: %w", appid, err)
 	}
-	var file File
-	if json.Unmarshal(b, &file) != nil || file.Name == "" {
-		return File{}, false, nil
+	if s, ok := vals[0].(string); ok {
+		var file File
+		if json.Unmarshal([]byte(s), &file) == nil && file.Name != "" {
+			return file, true, nil
+		}
 	}
-	return file, true, nil
+	if s, ok := vals[1].(string); ok {
+		return File{}, false, &UnavailableError{Reason: s}
+	}
+	return File{}, false, nil
 }
 
 // Get returns the platform's file, from the cache or from WeChat. On a
@@ -106,6 +126,12 @@ func (f *Files) Get(ctx context.Context, appid string) (File, error) {
 // Fetch asks WeChat for the file and caches it.
 func (f *Files) Fetch(ctx context.Context, appid string) (File, error) {
 	name, content, err := f.fetch(ctx, appid)
+	var ue *UnavailableError
+	if errors.As(err, &ue) {
+		if serr := f.rdb.Set(ctx, f.errKey(appid), ue.Reason, unavailableTTL).Err(); serr != nil {
+			return File{}, errors.Join(err, serr)
+		}
+	}
 	if err != nil {
 		return File{}, err
 	}
@@ -114,7 +140,12 @@ func (f *Files) Fetch(ctx context.Context, appid string) (File, error) {
 	}
 	file := File{Name: name, Content: content, FetchedAt: time.Now().UTC()}
 	b, _ := json.Marshal(file)
-	if err := f.rdb.Set(ctx, f.key(appid), b, f.ttl).Err(); err != nil {
+	_, err = f.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, f.key(appid), b, f.ttl)
+		p.Del(ctx, f.errKey(appid))
+		return nil
+	})
+	if err != nil {
 		return File{}, fmt.Errorf("keep verification file of %s: %w", appid, err)
 	}
 	return file, nil

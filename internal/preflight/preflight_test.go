@@ -405,3 +405,25 @@ func TestFileIsFetchedOncePerFleet(t *testing.T) {
 	wg.Wait()
 	assert.EqualValues(t, 1, fetches.Load())
 }
+
+// A refusal for good is remembered: the next changes do not ask again
+// until it expires, and a file had later clears it.
+func TestUnavailableFileIsRemembered(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var fetches atomic.Int32
+	files := preflight.NewFiles(b.rdb.Client, b.rdb.Prefix, func(context.Context, string) (string, string, error) {
+		fetches.Add(1)
+		return "", "", &preflight.UnavailableError{Reason: "errcode 48001: api unauthorized"}
+	})
+	for range 3 {
+		_, err := files.Get(context.Background(), "wx0123456789abcdef")
+		var ue *preflight.UnavailableError
+		require.ErrorAs(t, err, &ue)
+		assert.Contains(t, ue.Reason, "48001")
+	}
+	assert.EqualValues(t, 1, fetches.Load())
+	ttl, err := b.rdb.Client.TTL(context.Background(), b.rdb.Prefix+"confirmfile_unavailable:wx0123456789abcdef").Result()
+	require.NoError(t, err)
+	assert.InDelta(t, (10 * time.Minute).Seconds(), ttl.Seconds(), 5)
+}

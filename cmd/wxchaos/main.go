@@ -71,6 +71,7 @@ func run() error {
 		{"SIGTERM during load", termWorker},
 		{"upstream faults (reset, 502, truncated JSON, 20s stall)", upstreamFaults},
 		{"hostile requests to the API", badInput},
+		{"preflight (enforce and warn) across a Redis restart", preflightRestart},
 		{"graceful Redis failover (Sentinel) mid-load", gracefulFailover},
 		{"SIGKILL the Redis primary (Sentinel) mid-load", killPrimary},
 	} {
@@ -354,6 +355,94 @@ func restartRedis(l *lab) (string, bool, error) {
 	alive := w.cmd.ProcessState == nil
 	s, ok := verdict(len(ids), lost, dup, fmt.Sprintf(", worker reconnected without a restart: %v", alive))
 	return s, ok && alive, err
+}
+
+// preflightRestart runs changes whose domains cannot serve a verification
+// file (none resolves here) while Redis restarts: enforce ones fail with
+// the reason and never reach WeChat, warn ones are made with the finding,
+// none is lost, and the fleet asks WeChat for each platform's file about
+// once (it is kept in Redis, which keeps its AOF across the restart).
+func preflightRestart(l *lab) (string, bool, error) {
+	for _, a := range l.apps {
+		if err := l.faults(a, map[string]any{"latency_ms": 50}); err != nil {
+			return "", false, err
+		}
+	}
+	for range 2 {
+		if _, err := l.worker(); err != nil {
+			return "", false, err
+		}
+	}
+	c := tasks.NewClient(l.rdb, tasks.ClientConfig{PollInterval: 200 * time.Millisecond})
+	var ids []string
+	for i := 0; i < 200; i++ {
+		mode, d := tasks.PreflightEnforce, fmt.Sprintf("e%d.example.com", i)
+		if i%2 == 1 {
+			mode, d = tasks.PreflightWarn, fmt.Sprintf("w%d.example.com", i)
+		}
+		rec, err := c.Enqueue(context.Background(), tasks.JumpDomainChange{
+			Platform: l.apps[i%len(l.apps)], Action: tasks.ActionAdd, Domains: []string{d}, Preflight: mode,
+		}, tasks.EnqueueOptions{})
+		if err != nil {
+			return "", false, err
+		}
+		ids = append(ids, rec.TaskID)
+	}
+	for l.final(c, ids) < 40 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = l.redis.Process.Signal(syscall.SIGTERM)
+	_ = l.redis.Wait()
+	time.Sleep(2 * time.Second)
+	if err := l.startRedis(); err != nil {
+		return "", false, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	lost, wrong := 0, 0
+	for i, id := range ids {
+		rec, err := c.Wait(ctx, id)
+		switch {
+		case err != nil:
+			lost++
+		case i%2 == 0 && (rec.Status != tasks.StatusFailed || !strings.Contains(rec.Error, "verification file missing")):
+			wrong++
+		case i%2 == 1 && (rec.Status != tasks.StatusSucceeded || !rec.PreflightFailed()):
+			wrong++
+		}
+	}
+	resp, err := http.Get(l.upstream + "/sandbox/calls")
+	if err != nil {
+		return "", false, err
+	}
+	defer resp.Body.Close()
+	var calls []wechattest.Call
+	if err := json.NewDecoder(resp.Body).Decode(&calls); err != nil {
+		return "", false, err
+	}
+	enforced, files := 0, 0
+	for _, call := range calls {
+		switch {
+		case call.API == "modify_wxa_jump_domain" && strings.HasPrefix(call.Domains, "e"):
+			enforced++
+		case call.API == "get_domain_confirmfile":
+			files++
+		}
+	}
+	s := fmt.Sprintf("%d changes, %d lost, %d with the wrong outcome, %d calls for enforce changes that cannot pass, get_domain_confirmfile asked %d times for %d platforms",
+		len(ids), lost, wrong, enforced, files, len(l.apps))
+	return s, lost == 0 && wrong == 0 && enforced == 0 && files <= 2*len(l.apps), nil
+}
+
+// final counts the changes that are final.
+func (l *lab) final(c *tasks.Client, ids []string) int {
+	n := 0
+	for _, id := range ids {
+		if rec, err := c.Get(context.Background(), id); err == nil && rec.Status.Final() {
+			n++
+		}
+	}
+	return n
 }
 
 func termWorker(l *lab) (string, bool, error) {

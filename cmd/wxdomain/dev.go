@@ -157,8 +157,14 @@ Use the API or the CLI from another terminal:
   export WXDOMAIN_REDIS_URL=%s
   export WXDOMAIN_PLATFORMS_FILE=%s
   go run ./cmd/wxdomain enqueue --platform %s --action get --wait
+
+The sample's record warns in "preflight": example.com serves no verification
+file (WXDOMAIN_PREFLIGHT=warn calls anyway; enforce would not). What a domain
+must serve, and a check that changes nothing:
+  go run ./cmd/wxdomain confirmfile --platform %s
+  go run ./cmd/wxdomain domains check --platform %s --domains www.example.com
 `, apiURL, apiURL, apiURL, redisURL, upstreamURL, upstreamURL, devPlatforms[0].appid, devPlatforms[1].appid,
-		apiURL, apiToken, devPlatforms[0].appid, redisURL, platformsFile, devPlatforms[1].appid)
+		apiURL, apiToken, devPlatforms[0].appid, redisURL, platformsFile, devPlatforms[1].appid, devPlatforms[0].appid, devPlatforms[0].appid)
 
 	select {
 	case <-ctx.Done():

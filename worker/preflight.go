@@ -122,7 +122,7 @@ func (h *Handler) preflight(ctx context.Context, appid string, mode tasks.Prefli
 	}
 	rep, err := h.cfg.Preflight.Run(ctx, appid, domains, false)
 	if err != nil {
-		if ctx.Err() != nil || tasks.RedisUnavailable(err) || mode == tasks.PreflightEnforce {
+		if ctx.Err() != nil || preflight.IsStoreError(err) || mode == tasks.PreflightEnforce {
 			return nil, err
 		}
 		// warn: the check is advice; a file WeChat would not hand out
@@ -179,8 +179,8 @@ func (h *Handler) preflightChange(ctx context.Context, id, queue string, change 
 		return c, false, nil
 	case errors.As(err, &pe):
 		return nil, true, h.failPreflight(ctx, id, queue, change, pe)
-	case ctx.Err() != nil || tasks.RedisUnavailable(err):
-		return nil, true, err
+	case ctx.Err() != nil || preflight.IsStoreError(err):
+		return nil, true, err // Redis trouble: asynq runs it again
 	}
 	// enforce, and the file could not be had: the change waits, as it
 	// would for the call itself, and uses no attempt.

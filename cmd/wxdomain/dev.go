@@ -156,6 +156,7 @@ Use the API or the CLI from another terminal:
   curl -s -H "Authorization: Bearer $WXDOMAIN_API_TOKEN" -d '{"platform":"%s","action":"add","domains":["shop.example.com"]}' $WXDOMAIN_API/v1/changes
   export WXDOMAIN_REDIS_URL=%s
   export WXDOMAIN_PLATFORMS_FILE=%s
+  export WXDOMAIN_WECHAT_BASE_URL=%s
   go run ./cmd/wxdomain enqueue --platform %s --action get --wait
 
 The sample's record warns in "preflight": example.com serves no verification
@@ -164,7 +165,7 @@ must serve, and a check that changes nothing:
   go run ./cmd/wxdomain confirmfile --platform %s
   go run ./cmd/wxdomain domains check --platform %s --domains www.example.com
 `, apiURL, apiURL, apiURL, redisURL, upstreamURL, upstreamURL, devPlatforms[0].appid, devPlatforms[1].appid,
-		apiURL, apiToken, devPlatforms[0].appid, redisURL, platformsFile, devPlatforms[1].appid, devPlatforms[0].appid, devPlatforms[0].appid)
+		apiURL, apiToken, devPlatforms[0].appid, redisURL, platformsFile, upstreamURL, devPlatforms[1].appid, devPlatforms[0].appid, devPlatforms[0].appid)
 
 	select {
 	case <-ctx.Done():

@@ -101,7 +101,7 @@ func (a *api) preflight(w http.ResponseWriter, r *http.Request) {
 // WeChat's refusal or absence is 502 with its reason (no secret is in
 // it); Redis trouble and the rest as internal does.
 func (a *api) upstreamOrInternal(w http.ResponseWriter, r *http.Request, err error) {
-	if r.Context().Err() != nil || tasks.RedisUnavailable(err) || errors.Is(err, tasks.ErrUnconfirmed) {
+	if r.Context().Err() != nil || preflight.IsStoreError(err) {
 		a.internal(w, r, err)
 		return
 	}

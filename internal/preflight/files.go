@@ -28,6 +28,22 @@ const (
 	unavailableTTL = 10 * time.Minute
 )
 
+// StoreError is Redis failing the preflight (not a domain, not WeChat):
+// the caller retries, as for any Redis trouble.
+type StoreError struct {
+	Op  string
+	Err error
+}
+
+func (e *StoreError) Error() string { return e.Op + ": " + e.Err.Error() }
+func (e *StoreError) Unwrap() error { return e.Err }
+
+// IsStoreError reports whether err is Redis failing the preflight.
+func IsStoreError(err error) bool {
+	var se *StoreError
+	return errors.As(err, &se)
+}
+
 // UnavailableError: WeChat will not hand out the platform's file, for a
 // reason that does not pass by itself (a FetchFunc wraps such errors in
 // it). The refusal is remembered for a while, so that the fleet does not
@@ -68,7 +84,7 @@ func (f *Files) errKey(appid string) string  { return f.prefix + "confirmfile_un
 func (f *Files) cached(ctx context.Context, appid string) (File, bool, error) {
 	vals, err := f.rdb.MGet(ctx, f.key(appid), f.errKey(appid)).Result()
 	if err != nil {
-		return File{}, false, fmt.Errorf("read verification file of %s: %w", appid, err)
+		return File{}, false, &StoreError{Op: "read verification file of " + appid, Err: err}
 	}
 	if s, ok := vals[0].(string); ok {
 		var file File
@@ -93,7 +109,7 @@ func (f *Files) Get(ctx context.Context, appid string) (File, error) {
 	v, err, _ := f.group.Do(appid, func() (any, error) {
 		got, err := f.rdb.SetNX(ctx, f.lockKey(appid), "1", fetchLease).Result()
 		if err != nil {
-			return File{}, fmt.Errorf("lock verification file of %s: %w", appid, err)
+			return File{}, &StoreError{Op: "lock verification file of " + appid, Err: err}
 		}
 		if got {
 			defer f.rdb.Del(context.WithoutCancel(ctx), f.lockKey(appid))
@@ -129,7 +145,7 @@ func (f *Files) Fetch(ctx context.Context, appid string) (File, error) {
 	var ue *UnavailableError
 	if errors.As(err, &ue) {
 		if serr := f.rdb.Set(ctx, f.errKey(appid), ue.Reason, unavailableTTL).Err(); serr != nil {
-			return File{}, errors.Join(err, serr)
+			return File{}, &StoreError{Op: "remember refusal of verification file of " + appid, Err: serr}
 		}
 	}
 	if err != nil {
@@ -146,7 +162,7 @@ func (f *Files) Fetch(ctx context.Context, appid string) (File, error) {
 		return nil
 	})
 	if err != nil {
-		return File{}, fmt.Errorf("keep verification file of %s: %w", appid, err)
+		return File{}, &StoreError{Op: "keep verification file of " + appid, Err: err}
 	}
 	return file, nil
 }

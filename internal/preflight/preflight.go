@@ -193,7 +193,7 @@ func (c *Checker) Check(ctx context.Context, file File, domains []string, fresh 
 	} else {
 		vals, err := c.rdb.MGet(ctx, keys...).Result()
 		if err != nil {
-			return nil, fmt.Errorf("read preflight cache: %w", err)
+			return nil, &StoreError{Op: "read preflight cache", Err: err}
 		}
 		for i, v := range vals {
 			s, ok := v.(string)
@@ -234,7 +234,7 @@ func (c *Checker) Check(ctx context.Context, file File, domains []string, fresh 
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("write preflight cache: %w", err)
+		return nil, &StoreError{Op: "write preflight cache", Err: err}
 	}
 	return out, nil
 }

@@ -109,7 +109,7 @@ func (s *Service) preflightPlan(ctx context.Context, change tasks.JumpDomainChan
 	}
 	for i, r := range results {
 		if r.err != nil {
-			if tasks.RedisUnavailable(r.err) {
+			if preflight.IsStoreError(r.err) {
 				return nil, r.err
 			}
 			sum.NotChecked++
@@ -129,6 +129,9 @@ func (s *Service) preflightPlan(ctx context.Context, change tasks.JumpDomainChan
 	}
 	sort.Slice(sum.Groups, func(i, j int) bool {
 		a, b := sum.Groups[i], sum.Groups[j]
+		if (a.Result == resultNotChecked) != (b.Result == resultNotChecked) {
+			return b.Result == resultNotChecked // what to fix first
+		}
 		if a.Platforms != b.Platforms {
 			return a.Platforms > b.Platforms
 		}

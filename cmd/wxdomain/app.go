@@ -76,6 +76,7 @@ slow requests. See the README for every setting.`,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	root.SetFlagErrorFunc(flagError)
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.redisURL, "redis-url", "", "Redis URL (overrides WXDOMAIN_REDIS_URL)")
 	pf.StringVar(&a.platformsFile, "platforms-file", "", "platforms YAML file (overrides WXDOMAIN_PLATFORMS_FILE)")
@@ -96,6 +97,7 @@ slow requests. See the README for every setting.`,
 		a.fakeWeChatCommand(),
 		a.devCommand(),
 	)
+	usageArgs(root)
 	return root
 }
 
@@ -157,7 +159,7 @@ func (a *app) start(ctx context.Context, cfg config.Config) (*zap.Logger, redis.
 		return nil, nil, nil, err
 	}
 	redis.SetLogger(redisLog{log: log.Named("go-redis")})
-	rdb, err := openRedis(ctx, cfg)
+	rdb, err := openRedisWaiting(ctx, cfg, log)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -201,14 +203,54 @@ func (a *app) logger(cfg config.Config) (*zap.Logger, error) {
 	return zap.New(core), nil
 }
 
-// openRedis connects and checks Redis answers, retrying briefly so that a
-// worker started together with Redis (docker compose) does not give up.
+// openRedis connects a short command and checks Redis answers, within
+// about a second: a command that cannot reach Redis says so at once, in
+// one line that names the URL (password masked) and where it came from.
 func openRedis(ctx context.Context, cfg config.Config) (redis.UniversalClient, error) {
 	rdb, err := config.OpenRedis(cfg.RedisURL)
 	if err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(10 * time.Second)
+	pctx, cancel := context.WithTimeout(ctx, quickPing)
+	err = rdb.Ping(pctx).Err()
+	cancel()
+	if err != nil {
+		_ = rdb.Close()
+		return nil, redisDown(cfg, err)
+	}
+	return rdb, nil
+}
+
+// quickPing bounds a short command's check that Redis answers.
+const quickPing = time.Second
+
+// redisDown says a Redis does not answer, and what to change.
+func redisDown(cfg config.Config, err error) error {
+	why := err.Error()
+	if errors.Is(err, context.DeadlineExceeded) {
+		why = fmt.Sprintf("no answer within %s", quickPing)
+		// go-redis retries its dials until the deadline: one plain dial
+		// says why (connection refused, no such host).
+		if o, perr := redis.ParseURL(cfg.RedisURL); perr == nil {
+			if conn, derr := net.DialTimeout("tcp", o.Addr, 500*time.Millisecond); derr != nil {
+				why = derr.Error()
+			} else {
+				_ = conn.Close()
+			}
+		}
+	}
+	return fmt.Errorf("redis at %s does not answer (%s); set WXDOMAIN_REDIS_URL or --redis-url (`make run` prints the URL of its in-process Redis, new at every start)", config.RedactURL(cfg.RedisURL), why)
+}
+
+// openRedisWaiting connects a long-running command (worker, serve): it
+// waits for Redis as long as ctx lasts, a docker compose Redis starting
+// late, say, logging one line per failed try.
+func openRedisWaiting(ctx context.Context, cfg config.Config, log *zap.Logger) (redis.UniversalClient, error) {
+	rdb, err := config.OpenRedis(cfg.RedisURL)
+	if err != nil {
+		return nil, err
+	}
+	delay := 500 * time.Millisecond
 	for {
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err = rdb.Ping(pctx).Err()
@@ -216,11 +258,20 @@ func openRedis(ctx context.Context, cfg config.Config) (redis.UniversalClient, e
 		if err == nil {
 			return rdb, nil
 		}
-		if ctx.Err() != nil || time.Now().After(deadline) {
+		if ctx.Err() != nil {
 			_ = rdb.Close()
-			return nil, fmt.Errorf("redis at %s does not answer: %w", config.RedactURL(cfg.RedisURL), err)
+			return nil, redisDown(cfg, err)
 		}
-		time.Sleep(500 * time.Millisecond)
+		log.Warn("redis does not answer; trying again", zap.String("redis_url", config.RedactURL(cfg.RedisURL)), zap.String("error", err.Error()), zap.Duration("retry_in", delay))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			_ = rdb.Close()
+			return nil, redisDown(cfg, err)
+		case <-t.C:
+		}
+		delay = min(2*delay, 10*time.Second)
 	}
 }
 

@@ -20,16 +20,34 @@ func (a *app) printRecord(rec *tasks.Record) error {
 }
 
 // waitAndPrint waits up to timeout for the record to be final and prints
-// it. A timeout still prints the last record and says so on stderr.
+// it; the exit status says how it ended (exitNotAllSucceeded for a change
+// that did not succeed). A timeout still prints the current record, says
+// so on stderr, and ends with exitTimedOut.
 func (a *app) waitAndPrint(ctx context.Context, c *tasks.Client, id string, timeout time.Duration) error {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	rec, err := c.Wait(wctx, id)
-	if rec != nil && (err == nil || errors.Is(err, context.DeadlineExceeded)) {
-		if err != nil {
-			fmt.Fprintf(a.stderr, "wxdomain: still %s after waiting %s; poll with `wxdomain status %s --wait`\n", rec.Status, timeout, id)
+	if rec == nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		// The wait ended before even one read: the record still exists.
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		rec, err = c.Get(rctx, id)
+		rcancel()
+		if err == nil && !rec.Status.Final() {
+			err = context.DeadlineExceeded
 		}
-		return a.printRecord(rec)
+	}
+	switch {
+	case rec != nil && err == nil:
+		if perr := a.printRecord(rec); perr != nil {
+			return perr
+		}
+		return statusCode(rec.Status)
+	case rec != nil && errors.Is(err, context.DeadlineExceeded):
+		if perr := a.printRecord(rec); perr != nil {
+			return perr
+		}
+		fmt.Fprintf(a.stderr, "wxdomain: still %s after waiting %s; poll with `wxdomain status %s --wait`\n", rec.Status, timeout, id)
+		return &exitStatus{code: exitTimedOut}
 	}
 	return err
 }
@@ -108,7 +126,7 @@ func describe(err error) error {
 	for i, p := range ve.Problems {
 		lines[i] = "  - " + p.String()
 	}
-	return fmt.Errorf("invalid change, nothing was enqueued:\n%s", strings.Join(lines, "\n"))
+	return usage("invalid change, nothing was enqueued:\n%s", strings.Join(lines, "\n"))
 }
 
 func (a *app) statusCommand() *cobra.Command {

@@ -503,7 +503,7 @@ func (r *doctorReport) judge() {
 	}
 
 	if len(r.Warnings) > 0 {
-		r.ExitStatus = 2
+		r.ExitStatus = exitNotAllSucceeded
 	}
 	r.Warnings = append([]string{}, r.Warnings...)
 }

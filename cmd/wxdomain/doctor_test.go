@@ -59,7 +59,7 @@ func TestDoctorOnAStandaloneRedis(t *testing.T) {
 		t.Parallel()
 		c := newCLI(t, rb, doctorPlatforms, "WXDOMAIN_REDIS_MIN_REPLICAS=1", "WXDOMAIN_REDIS_WAIT_TIMEOUT=100ms")
 		out, errOut, err := c.run("doctor")
-		assert.Equal(t, 2, statusOf(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
+		assert.Equal(t, exitNotAllSucceeded, statusOf(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
 		assert.Regexp(t, `writes go to +127\.0\.0\.1:\d+, role master`, out)
 		assert.Regexp(t, `durable ack +cannot work: WXDOMAIN_REDIS_MIN_REPLICAS=1`, out)
 		assert.Contains(t, out, "WARNING: durable acknowledgement cannot work: WXDOMAIN_REDIS_MIN_REPLICAS=1 but 0 replicas online")
@@ -67,8 +67,8 @@ func TestDoctorOnAStandaloneRedis(t *testing.T) {
 		assert.Contains(t, out, "(exit status 2)")
 
 		r, status := doctorJSON(t, c)
-		assert.Equal(t, 2, status)
-		assert.Equal(t, 2, r.ExitStatus)
+		assert.Equal(t, exitNotAllSucceeded, status)
+		assert.Equal(t, exitNotAllSucceeded, r.ExitStatus)
 		assert.Equal(t, durableCannot, r.DurableAck.State)
 		assert.Equal(t, 1, r.DurableAck.Test.Asked)
 		assert.Zero(t, r.DurableAck.Test.Confirmed)
@@ -140,11 +140,11 @@ func TestDoctorJudgesEvictionAndPersistence(t *testing.T) {
 		wantStatus int
 		want       string
 	}{
-		{"allkeys", nil, 2, "WARNING: maxmemory-policy allkeys-lru: when memory is full Redis silently deletes any key, queued changes included"},
-		{"volatile", []string{"maxmemory-policy", "volatile-ttl"}, 2, "WARNING: maxmemory-policy volatile-ttl: when memory is full Redis deletes keys that have a TTL"},
+		{"allkeys", nil, exitNotAllSucceeded, "WARNING: maxmemory-policy allkeys-lru: when memory is full Redis silently deletes any key, queued changes included"},
+		{"volatile", []string{"maxmemory-policy", "volatile-ttl"}, exitNotAllSucceeded, "WARNING: maxmemory-policy volatile-ttl: when memory is full Redis deletes keys that have a TTL"},
 		{"noeviction and AOF", []string{"maxmemory-policy", "noeviction"}, 0, "\nno warnings\n"},
 		{"RDB only", []string{"appendonly", "no", "save", "3600 1"}, 0, `note: only RDB snapshots (save "3600 1")`},
-		{"no persistence", []string{"save", ""}, 2, "WARNING: neither AOF nor RDB is on"},
+		{"no persistence", []string{"save", ""}, exitNotAllSucceeded, "WARNING: neither AOF nor RDB is on"},
 	}
 	for _, tt := range tests {
 		// In order: each case changes the server from the previous one's settings.

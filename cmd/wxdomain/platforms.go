@@ -45,14 +45,15 @@ func (a *app) platformsCommand() *cobra.Command {
 				return err
 			}
 			if asJSON {
+				// The shape GET /v1/platforms answers: {"platforms": [...]}.
 				enc := json.NewEncoder(a.stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(report)
+				return enc.Encode(platform.List{Platforms: report})
 			}
 			return printPlatforms(a.stdout, report, time.Now())
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+	cmd.Flags().BoolVar(&asJSON, "json", false, `print JSON instead of a table: {"platforms": [...]}, as GET /v1/platforms answers`)
 	cmd.AddCommand(a.resumeCommand())
 	return cmd
 }

@@ -70,7 +70,7 @@ func (a *app) domainsCommand() *cobra.Command {
 domain is added, and says per domain: ok, or what is wrong (DNS, TLS and the
 certificate's problem, HTTP status, redirect and its target, wrong content,
 timeout, or an address that is not public). The results are fresh, and are
-kept for 5 minutes for the workers' preflight. Exits 1 when a domain fails.`,
+kept for 5 minutes for the workers' preflight. Exits 3 when a domain fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			change := tasks.JumpDomainChange{Platform: appid, Action: tasks.ActionAdd, Domains: splitList(domains)}
@@ -90,7 +90,7 @@ kept for 5 minutes for the workers' preflight. Exits 1 when a domain fails.`,
 					printReport(a, rep)
 				}
 				if n := len(rep.Failed()); n > 0 {
-					return &exitStatus{code: 1}
+					return &exitStatus{code: exitNotAllSucceeded}
 				}
 				return nil
 			})

@@ -43,7 +43,7 @@ func TestPreflightCommands(t *testing.T) {
 	out, errOut, err = c.run("domains", "check", "--platform", appID, "--domains", "nothing.invalid")
 	var exit *exec.ExitError
 	require.ErrorAs(t, err, &exit, errOut)
-	assert.Equal(t, 1, exit.ExitCode())
+	assert.Equal(t, exitNotAllSucceeded, exit.ExitCode())
 	assert.Contains(t, out, "nothing.invalid")
 	assert.Regexp(t, `nothing\.invalid\s+dns\s+DNS lookup of nothing\.invalid failed`, out)
 	assert.Contains(t, out, "1 of 1 domains do not serve the file")

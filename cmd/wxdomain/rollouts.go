@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -106,7 +105,11 @@ func (a *app) rolloutCommand() *cobra.Command {
 			if !wait || r.Mode == rollout.ModeDryRun {
 				return print(r)
 			}
-			return a.watchRollout(ctx, c.svc, r.ID, asJSON)
+			if !asJSON {
+				// The id first: `rollout failures ID` needs it.
+				fmt.Fprintf(a.stdout, "rollout %s created; following it (Ctrl-C stops following, not the rollout)\n", r.ID)
+			}
+			return a.watchRollout(ctx, c.svc, r.ID, asJSON, 0)
 		}),
 	}
 	f := create.Flags()
@@ -124,14 +127,17 @@ func (a *app) rolloutCommand() *cobra.Command {
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to keep trying while Redis does not confirm the creation (a failover)")
 	_ = create.MarkFlagRequired("action")
 
-	var watch bool
+	var (
+		watch        bool
+		watchTimeout time.Duration
+	)
 	status := &cobra.Command{
-		Use:   "status ROLLOUT_ID [--watch]",
+		Use:   "status ROLLOUT_ID [--watch [--timeout D]]",
 		Short: "Show a rollout's progress; --watch follows it (a progress bar on a terminal)",
 		Args:  cobra.ExactArgs(1),
 		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
 			if watch {
-				return a.watchRollout(ctx, c.svc, args[0], asJSON)
+				return a.watchRollout(ctx, c.svc, args[0], asJSON, watchTimeout)
 			}
 			r, err := c.svc.Get(ctx, args[0])
 			if err != nil {
@@ -140,7 +146,8 @@ func (a *app) rolloutCommand() *cobra.Command {
 			return print(r)
 		}),
 	}
-	status.Flags().BoolVar(&watch, "watch", false, "follow until the rollout is done")
+	status.Flags().BoolVar(&watch, "watch", false, "follow until the rollout is done (exit 0: every platform succeeded, 3: some failed, were partial or canceled)")
+	status.Flags().DurationVar(&watchTimeout, "timeout", 0, "with --watch: stop following after this long (exit 4); 0 follows to the end")
 
 	list := &cobra.Command{
 		Use: "list", Short: "Recent rollouts, newest first", Args: cobra.NoArgs,
@@ -163,37 +170,71 @@ func (a *app) rolloutCommand() *cobra.Command {
 	cancel := &cobra.Command{
 		Use: "cancel ROLLOUT_ID", Short: "Stop what has not run; running changes finish", Args: cobra.ExactArgs(1),
 		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
+			before, err := c.svc.Get(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if before.Status == rollout.StatusCanceled || before.FinishedAt != nil {
+				// Consistent with `cancel` of a finished change: nothing
+				// was done, and the command says so.
+				_ = print(before)
+				return fmt.Errorf("rollout %s is already %s; nothing to cancel", before.ID, before.Status)
+			}
 			r, err := c.svc.Cancel(ctx, args[0])
 			if err != nil {
 				return err
 			}
-			return print(r)
+			if err := print(r); err != nil {
+				return err
+			}
+			if !asJSON {
+				fmt.Fprintf(a.stderr, "wxdomain: rollout %s canceled: %d platforms will not run; %d running finish\n", r.ID, r.Counts.Canceled-before.Counts.Canceled, r.Counts.Running)
+			}
+			return nil
 		}),
 	}
 	retry := &cobra.Command{
 		Use: "retry ROLLOUT_ID", Short: "Run the failed and canceled platforms again, as a new attempt", Args: cobra.ExactArgs(1),
 		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
+			before, err := c.svc.Get(ctx, args[0])
+			if err != nil {
+				return err
+			}
 			r, err := c.svc.Retry(ctx, args[0])
 			if err != nil {
 				return err
 			}
-			return print(r)
+			if r.Attempt == before.Attempt && before.Status != rollout.StatusFanningOut {
+				_ = print(r)
+				return fmt.Errorf("rollout %s: nothing to retry (no platform failed or was canceled)", r.ID)
+			}
+			if err := print(r); err != nil {
+				return err
+			}
+			if !asJSON {
+				fmt.Fprintf(a.stderr, "wxdomain: rollout %s: attempt %d runs its failed and canceled platforms again\n", r.ID, r.Attempt)
+			}
+			return nil
 		}),
 	}
 	var asCSV bool
 	failures := &cobra.Command{
-		Use: "failures ROLLOUT_ID [--csv]", Short: "The failed platforms with errcode and reason, and those whose domains failed their preflight", Args: cobra.ExactArgs(1),
+		Use: "failures ROLLOUT_ID [--csv]", Short: "The failed and canceled platforms (what retry runs again) with errcode and reason, and those whose domains failed their preflight", Args: cobra.ExactArgs(1),
 		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
+			// What `rollout retry` would run again (failed and canceled),
+			// then what failed its preflight.
 			var all []rollout.Outcome
-			cursor := ""
-			for {
-				page, next, err := c.svc.Tasks(ctx, args[0], tasks.StatusFailed, cursor, 1000)
-				if err != nil {
-					return err
-				}
-				all = append(all, page...)
-				if cursor = next; cursor == "" {
-					break
+			for _, st := range []tasks.Status{tasks.StatusFailed, tasks.StatusCanceled} {
+				cursor := ""
+				for {
+					page, next, err := c.svc.Tasks(ctx, args[0], st, cursor, 1000)
+					if err != nil {
+						return err
+					}
+					all = append(all, page...)
+					if cursor = next; cursor == "" {
+						break
+					}
 				}
 			}
 			// Platforms whose domains failed their preflight are listed
@@ -235,6 +276,12 @@ func (a *app) rolloutCommand() *cobra.Command {
 		}),
 	}
 	failures.Flags().BoolVar(&asCSV, "csv", false, "print CSV")
+	failures.PreRunE = func(*cobra.Command, []string) error {
+		if asCSV && asJSON {
+			return usage("--csv and --json: choose one")
+		}
+		return nil
+	}
 	cmd.AddCommand(create, status, list, cancel, retry, failures)
 	return cmd
 }
@@ -308,7 +355,11 @@ func finished(r *rollout.Rollout) int {
 }
 
 func printRollout(w io.Writer, r *rollout.Rollout) {
-	fmt.Fprintf(w, "rollout %s (%s): %s %s, %s, %s\n", r.ID, r.Name, r.Action, strings.Join(r.Domains, ","), r.Mode, r.Status)
+	name := ""
+	if r.Name != "" {
+		name = " (" + r.Name + ")"
+	}
+	fmt.Fprintf(w, "rollout %s%s: %s %s, %s, %s\n", r.ID, name, r.Action, strings.Join(r.Domains, ","), r.Mode, r.Status)
 	if r.Mode == rollout.ModeDryRun {
 		for _, c := range r.Plan {
 			fmt.Fprintf(w, "  would call %s %s on %s\n", c.Action, strings.Join(c.Domains, ","), c.Platform)
@@ -333,13 +384,17 @@ func countsLine(r *rollout.Rollout) string {
 }
 
 // watchRollout follows a rollout until it is done: a live bar on a
-// terminal, a line per change otherwise, JSON lines with --json.
-func (a *app) watchRollout(ctx context.Context, svc *rollout.Service, id string, asJSON bool) error {
-	tty := false
-	if f, ok := a.stdout.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			tty = true
-		}
+// terminal (fitted to its width), a line per change otherwise, JSON lines
+// with --json. It ends with exitNotAllSucceeded when a platform failed,
+// was partial or was canceled, and exitTimedOut when timeout (0: none)
+// passes first.
+func (a *app) watchRollout(ctx context.Context, svc *rollout.Service, id string, asJSON bool, timeout time.Duration) error {
+	width, tty := terminalWidth(a.stdout)
+	var deadline <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		deadline = t.C
 	}
 	last := ""
 	for {
@@ -352,8 +407,10 @@ func (a *app) watchRollout(ctx context.Context, svc *rollout.Service, id string,
 		case asJSON && line != last:
 			b, _ := json.Marshal(r)
 			fmt.Fprintln(a.stdout, string(b))
-		case tty:
-			fmt.Fprintf(a.stdout, "\r%s %s   ", bar(finished(r), r.Total, 30), line)
+		case tty && !asJSON:
+			// \r and erase: one line, redrawn in place, never wider than
+			// the terminal (a wrapped line leaves a new line per redraw).
+			fmt.Fprintf(a.stdout, "\r\x1b[K%s", progressLine(r, width))
 		case line != last:
 			fmt.Fprintf(a.stdout, "%s %s\n", time.Now().Format(time.TimeOnly), line)
 		}
@@ -362,14 +419,51 @@ func (a *app) watchRollout(ctx context.Context, svc *rollout.Service, id string,
 			if tty && !asJSON {
 				fmt.Fprintf(a.stdout, "\nrollout %s %s\n", r.ID, r.Status)
 			}
+			if c := r.Counts; c.Failed+c.Partial+c.Canceled > 0 {
+				if !asJSON {
+					fmt.Fprintf(a.stderr, "wxdomain: rollout %s: %d failed, %d partial, %d canceled; `wxdomain rollout failures %s` lists them\n", r.ID, c.Failed, c.Partial, c.Canceled, r.ID)
+				}
+				return &exitStatus{code: exitNotAllSucceeded}
+			}
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			return errors.Join(ctx.Err(), fmt.Errorf("still %s; follow with `wxdomain rollout status %s --watch`", r.Status, id))
+		case <-deadline:
+			if tty && !asJSON {
+				fmt.Fprintln(a.stdout)
+			}
+			fmt.Fprintf(a.stderr, "wxdomain: rollout %s still %s after waiting %s; follow with `wxdomain rollout status %s --watch`\n", id, r.Status, timeout, id)
+			return &exitStatus{code: exitTimedOut}
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// progressLine is a rollout's progress in at most width-1 columns: the
+// bar shrinks first, then the counts take their short form.
+func progressLine(r *rollout.Rollout, width int) string {
+	if width <= 0 {
+		width = 80
+	}
+	room := width - 1
+	c := r.Counts
+	for _, line := range []string{
+		countsLine(r),
+		fmt.Sprintf("%d/%d done: ok %d, partial %d, failed %d, canceled %d; queued %d, running %d, retrying %d",
+			finished(r), r.Total, c.Succeeded, c.Partial, c.Failed, c.Canceled, c.Queued, c.Running, c.Retrying),
+		fmt.Sprintf("%d/%d ok %d part %d fail %d canc %d", finished(r), r.Total, c.Succeeded, c.Partial, c.Failed, c.Canceled),
+	} {
+		if barWidth := room - len(line) - 3; barWidth >= 10 {
+			return bar(finished(r), r.Total, min(barWidth, 30)) + " " + line
+		}
+	}
+	line := fmt.Sprintf("%d/%d ok %d part %d fail %d canc %d", finished(r), r.Total, c.Succeeded, c.Partial, c.Failed, c.Canceled)
+	if len(line) > room {
+		line = line[:max(room, 0)]
+	}
+	return line
 }
 
 func bar(done, total, width int) string {

@@ -22,8 +22,9 @@ import (
 )
 
 // TestIDsFromOutsideAreCheckedBeforeRedis: ids in paths that are not in
-// the form wxdomain generates are answered 404 and touch nothing, however
-// they would name another key.
+// the form wxdomain generates are answered 404 (a task or rollout id) or
+// 422 invalid_platform (an appid) and touch nothing, however they would
+// name another key.
 func TestIDsFromOutsideAreCheckedBeforeRedis(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -46,12 +47,18 @@ func TestIDsFromOutsideAreCheckedBeforeRedis(t *testing.T) {
 		{"GET", "/v1/changes/" + id + ":x"},
 		{"POST", "/v1/changes/r_" + id + "_0_" + app + ":x/cancel"},
 		{"GET", "/v1/changes/" + strings.Repeat("a", 300)},
+	} {
+		r := b.do(t, tt.method, tt.path, `{"component_verify_ticket":"t"}`)
+		assert.Equal(t, http.StatusNotFound, r.status, "%s %s: %v", tt.method, tt.path, r.body)
+	}
+	for _, tt := range []struct{ method, path string }{
 		{"PUT", "/v1/platforms/_global/ticket"},
 		{"POST", "/v1/platforms/_global/resume"},
 		{"POST", "/v1/platforms/" + app + ":x/resume"},
 	} {
 		r := b.do(t, tt.method, tt.path, `{"component_verify_ticket":"t"}`)
-		assert.Equal(t, http.StatusNotFound, r.status, "%s %s: %v", tt.method, tt.path, r.body)
+		assert.Equal(t, http.StatusUnprocessableEntity, r.status, "%s %s: %v", tt.method, tt.path, r.body)
+		assert.Equal(t, "invalid_platform", errCode(r), "%s %s", tt.method, tt.path)
 	}
 	after, err := b.redis.Client.HGetAll(ctx, stateKey).Result()
 	require.NoError(t, err)
@@ -187,7 +194,8 @@ func TestResumeEndsAnyPause(t *testing.T) {
 	require.Equal(t, http.StatusOK, r.status)
 	assert.Nil(t, r.body["ended_pause"], "not paused any more")
 	r = b.do(t, http.MethodPost, "/v1/platforms/wx0000000000000000/resume", "")
-	assert.Equal(t, http.StatusNotFound, r.status)
+	assert.Equal(t, http.StatusUnprocessableEntity, r.status)
+	assert.Equal(t, "unknown_platform", errCode(r))
 }
 
 // TestTicketWithATime: a ticket given with its CreateTime replaces only an

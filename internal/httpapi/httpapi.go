@@ -154,9 +154,35 @@ func New(cfg Config) http.Handler {
 		mux.Handle("GET /monitoring", http.RedirectHandler("/monitoring/", http.StatusMovedPermanently))
 	}
 	mux.Handle("/v1/", a.auth(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such route: "+tasks.Truncate(r.Method)+" "+tasks.Truncate(r.URL.Path), nil)
+		route := tasks.Truncate(r.Method) + " " + tasks.Truncate(r.URL.Path)
+		if allow := allowedMethods(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", route+" is not served: this path takes "+strings.Join(allow, ", "), nil)
+			return
+		}
+		writeError(w, http.StatusNotFound, "not_found", "no such route: "+route, nil)
 	}))
 	return sameOrigin(mux, cfg.TrustedOrigins)
+}
+
+// routeMethods are the methods a route may be registered with.
+var routeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
+
+// allowedMethods lists the methods the mux serves a request's path with,
+// other than through the /v1/ catch-all: none for a path no route has. It
+// asks the mux itself, so it follows the routes as registered (a route
+// left out, such as the preflight ones without Config.Preflight, is none).
+// HEAD, which the mux serves with GET's handler, is not listed.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, m := range routeMethods {
+		probe := r.WithContext(r.Context()) // a shallow copy
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/v1/" {
+			allow = append(allow, m)
+		}
+	}
+	return allow
 }
 
 // sameOrigin refuses state-changing browser requests from other sites on
@@ -418,17 +444,34 @@ func (a *api) listPlatforms(w http.ResponseWriter, r *http.Request) {
 		a.internal(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"platforms": report})
+	if report == nil {
+		report = []platform.Status{} // a list, never null
+	}
+	writeJSON(w, http.StatusOK, platform.List{Platforms: report})
 }
 
-// knownPlatform checks a path's appid: its form, then the platforms file.
-// Anything else is answered 404 before it touches Redis.
+// knownPlatform checks a path's appid as a request body's platform is
+// checked (tasks.CheckPlatform): its form, then the platforms file. Either
+// problem is answered 422 before anything touches Redis, with the code a
+// body naming the same appid gets: invalid_platform for one that is not a
+// component appid, unknown_platform for one not in the platforms file.
+// 404 is kept for routes and for task and rollout ids that do not exist.
 func (a *api) knownPlatform(w http.ResponseWriter, appid string) bool {
-	if !tasks.ValidAppID(appid) || !a.cfg.KnownPlatform(appid) {
-		writeError(w, http.StatusNotFound, tasks.CodeUnknownPlatform, "platform is not in the platforms file", nil)
-		return false
+	known := a.cfg.KnownPlatform
+	if known == nil {
+		known = func(string) bool { return false } // no platforms file: none is known
 	}
-	return true
+	p, ok := tasks.CheckPlatform(appid, tasks.Rules{KnownPlatform: known})
+	if ok {
+		return true
+	}
+	p.Field = "appid" // the path parameter
+	var problems tasks.Problems
+	problems.Add(p) // cuts the echoed value short
+	var ve *tasks.ValidationError
+	errors.As(problems.Err(), &ve)
+	writeError(w, http.StatusUnprocessableEntity, p.Code, ve.Problems[0].String(), ve.Problems)
+	return false
 }
 
 func (a *api) putTicket(w http.ResponseWriter, r *http.Request) {

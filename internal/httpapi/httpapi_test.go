@@ -166,7 +166,9 @@ func TestErrorCodes(t *testing.T) {
 		{"unknown change cancel", "POST", "/v1/changes/0123456789abcdef0123456789abcdef/cancel", "", "", 404, "not_found"},
 		{"bad wait", "GET", "/v1/changes/x?wait=soon", "", "", 400, "invalid_wait"},
 		{"unknown route", "GET", "/v1/nothing", "", "", 404, "not_found"},
-		{"ticket for unknown platform", "PUT", "/v1/platforms/wx0/ticket", `{"component_verify_ticket":"t"}`, "", 404, "unknown_platform"},
+		{"ticket for unknown platform", "PUT", "/v1/platforms/wx0000000000000000/ticket", `{"component_verify_ticket":"t"}`, "", 422, "unknown_platform"},
+		{"ticket for an appid of another form", "PUT", "/v1/platforms/wx0/ticket", `{"component_verify_ticket":"t"}`, "", 422, "invalid_platform"},
+		{"wrong method", "DELETE", "/v1/changes/0123456789abcdef0123456789abcdef", "", "", 405, "method_not_allowed"},
 		{"empty ticket", "PUT", "/v1/platforms/" + app + "/ticket", `{"component_verify_ticket":""}`, "", 422, "invalid_ticket"},
 		{"bad idempotency key", "POST", "/v1/changes", `{"platform":"` + app + `","action":"get"}`, "", 400, "invalid_idempotency_key"},
 	}

@@ -41,7 +41,8 @@ func TestPreflightRoutes(t *testing.T) {
 	assert.Equal(t, "verify-me", r.body["file_content"])
 	assert.Equal(t, "/abc123.txt", r.body["path"])
 	r = b.do(t, "GET", "/v1/platforms/wx0000000000000000/confirmfile", "")
-	assert.Equal(t, 404, r.status)
+	assert.Equal(t, 422, r.status)
+	assert.Equal(t, "unknown_platform", errCode(r))
 
 	r = b.do(t, "POST", "/v1/platforms/"+app+"/preflight", `{"domains":["Good.Example.com","bad.example.com"]}`)
 	require.Equal(t, 200, r.status, r.body)

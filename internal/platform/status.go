@@ -12,24 +12,40 @@ import (
 	"github.com/wxdomain/wxdomain/internal/token"
 )
 
-// Status is one platform's state. It never holds a secret, a ticket or a token.
+// List is what GET /v1/platforms answers and `wxdomain platforms --json`
+// prints: the platforms' states in the platforms file's order.
+type List struct {
+	Platforms []Status `json:"platforms"`
+}
+
+// Status is one platform's state. It never holds a secret, a ticket or a
+// token. The OpenAPI document's PlatformStatus describes its JSON (a test
+// holds the two together).
 type Status struct {
-	AppID  string       `json:"appid"`
-	Rate   float64      `json:"rate"`
-	Token  token.Status `json:"token"`
+	// AppID is the component appid, from the platforms file.
+	AppID string `json:"appid"`
+	// Rate is the platform's rate from the platforms file, in upstream
+	// calls per second; 0 means WXDOMAIN_DEFAULT_RATE applies.
+	Rate float64 `json:"rate"`
+	// Token is the shared component access token's state (never the token).
+	Token token.Status `json:"token"`
+	// Ticket is the stored component_verify_ticket's state (never the ticket).
 	Ticket TicketStatus `json:"ticket"`
 	// Pause is set while the platform's changes wait (operator needed, quota).
 	Pause *pause.Pause `json:"pause,omitempty"`
 }
 
-// TicketStatus says whether a ticket is stored and how old it is.
+// TicketStatus says whether a ticket is stored and how old it is; the
+// times and age are absent when none is.
 type TicketStatus struct {
-	Stored     bool      `json:"stored"`
+	Stored bool `json:"stored"`
+	// ReceivedAt is when the ticket was stored (pushed or put by an operator).
 	ReceivedAt time.Time `json:"received_at,omitzero"`
 	// CreatedAt is WeChat's CreateTime of the ticket (or when an operator
 	// stored it without one): a push created no later changes nothing.
-	CreatedAt  time.Time `json:"created_at,omitzero"`
-	AgeSeconds int64     `json:"age_seconds,omitempty"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+	// AgeSeconds is how long ago it was received, when the report was made.
+	AgeSeconds int64 `json:"age_seconds,omitempty"`
 }
 
 // Sources are the stores a report reads.

@@ -62,9 +62,9 @@ func (c *cli) pauseOf(appid string) *tasks.Pause {
 	c.t.Helper()
 	out, errOut, err := c.run("platforms", "--json")
 	require.NoError(c.t, err, errOut)
-	var report []platform.Status
+	var report platform.List
 	require.NoError(c.t, json.Unmarshal([]byte(out), &report))
-	for _, s := range report {
+	for _, s := range report.Platforms {
 		if s.AppID == appid {
 			return s.Pause
 		}

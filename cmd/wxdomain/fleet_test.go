@@ -93,10 +93,10 @@ func TestFleetFetchesOneTokenPerPlatform(t *testing.T) {
 
 	out, errOut, err := c.run("platforms", "--json")
 	require.NoError(t, err, errOut)
-	var report []platform.Status
-	require.NoError(t, json.Unmarshal([]byte(out), &report))
-	require.Len(t, report, 3)
-	for _, s := range report {
+	var report platform.List
+	require.NoError(t, json.Unmarshal([]byte(out), &report), "the API's shape: {\"platforms\": [...]}")
+	require.Len(t, report.Platforms, 3)
+	for _, s := range report.Platforms {
 		assert.True(t, s.Token.Valid)
 		assert.Equal(t, int64(2), s.Token.FetchesToday)
 		assert.True(t, s.Ticket.Stored)

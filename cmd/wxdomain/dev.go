@@ -34,16 +34,35 @@ func (a *app) devCommand() *cobra.Command {
 			return a.runDev(cmd.Context(), redisAddr, upstreamAddr, apiAddr)
 		},
 	}
-	cmd.Flags().StringVar(&redisAddr, "redis-addr", "127.0.0.1:0", "where the in-process Redis listens (port 0 picks a free one)")
+	cmd.Flags().StringVar(&redisAddr, "redis-addr", "", "where the in-process Redis listens (default 127.0.0.1:6390, or a free port if that one is taken; port 0 picks a free one)")
 	cmd.Flags().StringVar(&upstreamAddr, "upstream-addr", "127.0.0.1:0", "where the sandbox upstream listens")
 	cmd.Flags().StringVar(&apiAddr, "api-addr", "127.0.0.1:8080", "where the HTTP API listens")
 	return cmd
 }
 
+// devRedisAddr is the in-process Redis's usual address: the same at every
+// start, so that exports copied from an earlier run still reach it.
+const devRedisAddr = "127.0.0.1:6390"
+
 func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr string) error {
+	// The API's address first: a second dev stops here, before anything
+	// else starts (and prints).
+	apiLn, err := net.Listen("tcp", apiAddr)
+	if err != nil {
+		return fmt.Errorf("--api-addr %s: %w (another wxdomain dev running? stop it, or pick another address with --api-addr)", apiAddr, err)
+	}
+	defer apiLn.Close()
 	mr := miniredis.NewMiniRedis()
-	if err := mr.StartAddr(redisAddr); err != nil {
-		return fmt.Errorf("--redis-addr %s: %w", redisAddr, err)
+	switch {
+	case redisAddr != "":
+		if err := mr.StartAddr(redisAddr); err != nil {
+			return fmt.Errorf("--redis-addr %s: %w", redisAddr, err)
+		}
+	case mr.StartAddr(devRedisAddr) != nil:
+		if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+			return fmt.Errorf("in-process Redis: %w", err)
+		}
+		fmt.Fprintf(a.stderr, "wxdomain dev: %s is taken; the in-process Redis listens on %s (new exports below)\n", devRedisAddr, mr.Addr())
 	}
 	defer mr.Close()
 
@@ -114,10 +133,6 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 	handler, err := a.apiHandler(rdb, cfg, platforms, []string{apiToken}, reg, f.preflight, log)
 	if err != nil {
 		return err
-	}
-	apiLn, err := net.Listen("tcp", apiAddr)
-	if err != nil {
-		return fmt.Errorf("--api-addr %s: %w (another wxdomain dev running? pick another with --api-addr)", apiAddr, err)
 	}
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- serve(sctx, apiLn, handler, cfg) }()

@@ -5,8 +5,11 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -82,6 +85,10 @@ type Config struct {
 	KeyPrefix   string
 	LogLevel    zapcore.Level
 	LogFormat   string
+	// PlatformsFileFrom is what set PlatformsFile, for LoadPlatformsFrom:
+	// a flag's name ("--platforms-file"), WXDOMAIN_PLATFORMS_FILE, or ""
+	// when nothing did.
+	PlatformsFileFrom string
 }
 
 // Default returns the settings used when nothing is set.
@@ -249,14 +256,14 @@ var Settings = []Setting{
 	{"WXDOMAIN_LOG_LEVEL", func(c *Config, v string) error {
 		l, err := zapcore.ParseLevel(v)
 		if err != nil {
-			return errors.New("want debug, info, warn or error")
+			return fmt.Errorf("%q: want debug, info, warn or error", v)
 		}
 		c.LogLevel = l
 		return nil
 	}},
 	{"WXDOMAIN_LOG_FORMAT", func(c *Config, v string) error {
 		if v != "json" && v != "console" {
-			return errors.New("want json or console")
+			return fmt.Errorf("%q: want json or console", v)
 		}
 		c.LogFormat = v
 		return nil
@@ -280,21 +287,97 @@ func (c Config) MinReplicas() int {
 // FromEnv reads the settings; unset or empty variables keep their defaults.
 // The error names every bad setting.
 func FromEnv(getenv func(string) string) (Config, error) {
+	return FromSources(getenv, nil)
+}
+
+// Flag is a setting given on the command line: Name as the user typed it
+// ("--log-format") and its Value ("" means the flag was not given).
+type Flag struct {
+	Name  string
+	Value string
+}
+
+// FromSources reads the settings from the environment and from flags, keyed
+// by the environment variable they override (e.g. "WXDOMAIN_LOG_FORMAT":
+// {Name: "--log-format", Value: "text"}). A flag with a value wins over the
+// variable, and its error names the flag and the value as typed:
+//
+//	--log-format "text": want json or console
+//
+// while a variable's error reads as FromEnv's (WXDOMAIN_LOG_FORMAT: ...).
+// A Redis URL is shown with its passwords masked, API tokens never. A key of
+// flags that is not a setting is an error. The error names every bad setting.
+func FromSources(getenv func(string) string, flags map[string]Flag) (Config, error) {
 	c := Default()
 	var errs []error
+	known := make(map[string]bool, len(Settings))
 	for _, s := range Settings {
-		v := strings.TrimSpace(getenv(s.Env))
+		known[s.Env] = true
+		v, from := strings.TrimSpace(getenv(s.Env)), s.Env
+		f, ok := flags[s.Env]
+		if fv := strings.TrimSpace(f.Value); ok && fv != "" {
+			v, from = fv, f.Name
+		}
 		if v == "" {
 			continue
 		}
+		if s.Env == PlatformsFileEnv {
+			c.PlatformsFileFrom = from
+		}
 		if err := s.parse(&c, v); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", s.Env, err))
+			if from == s.Env {
+				errs = append(errs, fmt.Errorf("%s: %w", s.Env, err))
+			} else {
+				errs = append(errs, flagError(from, s.Env, v, err))
+			}
+		}
+	}
+	for _, env := range slices.Sorted(maps.Keys(flags)) {
+		if !known[env] {
+			errs = append(errs, fmt.Errorf("flag %s: %s is not a setting wxdomain reads", flags[env].Name, env))
 		}
 	}
 	if err := c.Check(); err != nil {
 		errs = append(errs, err)
 	}
 	return c, errors.Join(errs...)
+}
+
+// flagError is a setting's error for a value given as flag name: the flag
+// and the value as typed (a Redis URL's passwords masked, tokens not shown),
+// then what is wanted.
+func flagError(name, env, v string, err error) error {
+	msg := strings.TrimPrefix(err.Error(), strconv.Quote(v)+": ")
+	switch env {
+	case "WXDOMAIN_API_TOKENS":
+		return fmt.Errorf("%s: %s", name, msg)
+	case "WXDOMAIN_REDIS_URL":
+		shown := redactAnyURL(v)
+		return fmt.Errorf("%s %q: %s", name, shown, strings.ReplaceAll(msg, v, shown))
+	}
+	return fmt.Errorf("%s %q: %s", name, tasks.Truncate(v), msg)
+}
+
+var queryPasswordRe = regexp.MustCompile(`(?i)(password=)[^&#]*`)
+
+// redactAnyURL is RedactURL, also for a URL url.Parse refuses: everything
+// between the scheme's "://" and the last "@" after the user name is
+// masked, and so is any password= in the query.
+func redactAnyURL(v string) string {
+	if _, err := url.Parse(v); err == nil {
+		return RedactURL(v)
+	}
+	if i := strings.Index(v, "://"); i >= 0 {
+		rest := v[i+3:]
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			user := "xxxxx"
+			if c := strings.Index(rest[:at], ":"); c >= 0 {
+				user = rest[:c] + ":xxxxx"
+			}
+			v = v[:i+3] + user + rest[at:]
+		}
+	}
+	return queryPasswordRe.ReplaceAllString(v, "${1}xxxxx")
 }
 
 // LongPollMax is the longest long poll the API grants: 60s, and always

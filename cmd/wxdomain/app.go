@@ -101,20 +101,14 @@ slow requests. See the README for every setting.`,
 	return root
 }
 
-// config reads the environment, then applies the global flags.
+// config reads the environment, then applies the global flags; an error
+// names what the user set: the flag as typed, or the variable.
 func (a *app) config() (config.Config, error) {
-	env := a.getenv
-	overrides := map[string]string{
-		"WXDOMAIN_REDIS_URL":      a.redisURL,
-		"WXDOMAIN_PLATFORMS_FILE": a.platformsFile,
-		"WXDOMAIN_LOG_LEVEL":      a.logLevel,
-		"WXDOMAIN_LOG_FORMAT":     a.logFormat,
-	}
-	return config.FromEnv(func(k string) string {
-		if v := overrides[k]; v != "" {
-			return v
-		}
-		return env(k)
+	return config.FromSources(a.getenv, map[string]config.Flag{
+		"WXDOMAIN_REDIS_URL":      {Name: "--redis-url", Value: a.redisURL},
+		"WXDOMAIN_PLATFORMS_FILE": {Name: "--platforms-file", Value: a.platformsFile},
+		"WXDOMAIN_LOG_LEVEL":      {Name: "--log-level", Value: a.logLevel},
+		"WXDOMAIN_LOG_FORMAT":     {Name: "--log-format", Value: a.logFormat},
 	})
 }
 
@@ -184,7 +178,7 @@ func (a *app) configAndPlatforms() (config.Config, *config.Platforms, error) {
 	if err != nil {
 		return cfg, nil, err
 	}
-	platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+	platforms, err := config.LoadPlatformsFrom(cfg.PlatformsFile, cfg.PlatformsFileFrom)
 	return cfg, platforms, err
 }
 
@@ -211,14 +205,26 @@ func openRedis(ctx context.Context, cfg config.Config) (redis.UniversalClient, e
 	if err != nil {
 		return nil, err
 	}
-	pctx, cancel := context.WithTimeout(ctx, quickPing)
-	err = rdb.Ping(pctx).Err()
-	cancel()
-	if err != nil {
-		_ = rdb.Close()
-		return nil, redisDown(cfg, err)
+	// A Sentinel URL expects failovers: a primary being switched does not
+	// answer for a few seconds, and a command then waits as it used to.
+	patience := quickPing
+	if config.IsSentinelURL(cfg.RedisURL) {
+		patience = 10 * time.Second
 	}
-	return rdb, nil
+	deadline := time.Now().Add(patience)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, min(2*time.Second, patience))
+		err = rdb.Ping(pctx).Err()
+		cancel()
+		if err == nil {
+			return rdb, nil
+		}
+		if ctx.Err() != nil || !time.Now().Before(deadline) {
+			_ = rdb.Close()
+			return nil, redisDown(cfg, err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
 }
 
 // quickPing bounds a short command's check that Redis answers.
@@ -304,7 +310,7 @@ func (a *app) producer(ctx context.Context, needPlatforms bool, check func(tasks
 	}
 	rules := tasks.Rules{MaxDomains: cfg.MaxDomains}
 	if needPlatforms {
-		platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+		platforms, err := config.LoadPlatformsFrom(cfg.PlatformsFile, cfg.PlatformsFileFrom)
 		if err != nil {
 			return nil, err
 		}

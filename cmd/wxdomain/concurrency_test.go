@@ -198,7 +198,7 @@ func TestConcurrencyFromOutside(t *testing.T) {
 			return ""
 		})
 		require.NoError(t, err)
-		platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+		platforms, err := config.LoadPlatformsFrom(cfg.PlatformsFile, cfg.PlatformsFileFrom)
 		require.NoError(t, err)
 		svc, client := rolloutService(f.rb.Client, cfg, tasks.Durability{}, platforms, nil)
 		t.Cleanup(func() { _ = svc.Close(); _ = client.Close() })

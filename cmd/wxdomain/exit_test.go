@@ -53,7 +53,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 // URL (password masked), the reason and the setting.
 func TestRedisDownIsOneLine(t *testing.T) {
 	t.Parallel()
-	c := &cli{t: t, env: []string{"PATH=" + os.Getenv("PATH"), "WXDOMAIN_REDIS_URL=redis://:pw-hidden@127.0.0.1:1/0"}}
+	c := &cli{t: t, env: []string{"PATH=" + os.Getenv("PATH"), "WXDOMAIN_REDIS_URL=redis://:pw-hidden@127.0.0.1:1/0", "WXDOMAIN_PLATFORMS_FILE=platforms.example.yaml"}}
 	for _, args := range [][]string{{"status", "0123456789abcdef0123456789abcdef"}, {"cancel", "0123456789abcdef0123456789abcdef"}, {"rollout", "list"}} {
 		start := time.Now()
 		out, errOut, err := c.run(args...)
@@ -97,7 +97,7 @@ func TestWaitingCommandsExitStatus(t *testing.T) {
 	assert.Equal(t, exitOK, statusOf(t, err), errOut)
 	assert.Equal(t, queued.TaskID, decodeRecord(t, out).TaskID)
 
-	setFaults(t, upstream, otherApp, `{"script":[48001,48001,48001,48001,48001,48001]}`)
+	setFaults(t, upstream, otherApp, `{"script":[48001,48001]}`)
 	out, errOut, err = c.run("enqueue", "--platform", otherApp, "--action", "add", "--domains", "a.example.com", "--wait", "--timeout", "30s")
 	assert.Equal(t, exitNotAllSucceeded, statusOf(t, err), errOut)
 	assert.Equal(t, tasks.StatusFailed, decodeRecord(t, out).Status)
@@ -191,7 +191,7 @@ func TestProgressFitsAnEightyColumnTerminal(t *testing.T) {
 		r = strings.TrimPrefix(r, "\x1b[K")
 		assert.LessOrEqual(t, len(r), 79, "fits 80 columns: %q", r)
 	}
-	assert.Contains(t, lines[0], "2/2 done")
+	assert.Contains(t, lines[0], "2/2 ok 2")
 	assert.Contains(t, lines[1], "rollout "+id+" done")
 	w.stop(t)
 }

@@ -65,7 +65,7 @@ func (a *app) seedSandbox(sb *wechattest.Sandbox) error {
 	if err != nil || cfg.PlatformsFile == "" {
 		return err
 	}
-	platforms, err := config.LoadPlatforms(cfg.PlatformsFile)
+	platforms, err := config.LoadPlatformsFrom(cfg.PlatformsFile, cfg.PlatformsFileFrom)
 	if err != nil {
 		return err
 	}

@@ -79,8 +79,8 @@ func TestDoctorOnAStandaloneRedis(t *testing.T) {
 		t.Parallel()
 		c := newCLI(t, rb, doctorPlatforms, "WXDOMAIN_REDIS_MIN_REPLICAS=0")
 		out, errOut, err := c.run("doctor")
-		// Whether the shared Redis persists decides between 0 and 2.
-		assert.Contains(t, []int{0, 2}, statusOf(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
+		// Whether the shared Redis persists decides between 0 and 3 (warnings).
+		assert.Contains(t, []int{0, exitNotAllSucceeded}, statusOf(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
 		assert.Regexp(t, `writes go to +127\.0\.0\.1:\d+, role master`, out)
 		assert.Regexp(t, `replicas +none connected`, out)
 		assert.Regexp(t, `durable ack +off: WXDOMAIN_REDIS_MIN_REPLICAS=0`, out)

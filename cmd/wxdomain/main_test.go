@@ -225,7 +225,7 @@ func TestNewUser(t *testing.T) {
 	require.NoError(t, err)
 	_ = resp.Body.Close()
 	out, errOut, err = c.run("enqueue", "--platform", appID, "--action", "add", "--domains", "refused.example.com", "--wait")
-	require.NoError(t, err, errOut)
+	assert.Equal(t, exitNotAllSucceeded, statusOf(t, err), errOut)
 	assert.Equal(t, tasks.StatusFailed, decodeRecord(t, out).Status)
 
 	// Secrets, tickets and tokens appear in no log line, no record and

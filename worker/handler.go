@@ -539,7 +539,8 @@ func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.Jump
 	update := func(r *tasks.Record) error {
 		switch {
 		case r.CancelRequested:
-			r.Status, r.Error = tasks.StatusCanceled, "canceled before it ran"
+			// Before this attempt: what earlier ones did is said too.
+			r.Status, r.Error = tasks.StatusCanceled, tasks.CanceledBefore(r)
 		case r.Attempts >= h.cfg.MaxAttempts:
 			// Earlier runs never finished (worker killed, timed out).
 			r.Status = tasks.StatusFailed
@@ -657,76 +658,19 @@ type PlanError struct{ Reason string }
 func (e *PlanError) Error() string { return e.Reason }
 
 // plan turns an ensure-mode change into the call that reaches the desired
-// state from the current lists, or a note when there is nothing to do.
+// state from the current lists, or a note when there is nothing to do
+// (tasks.PlanEnsure, which dry runs use too).
 func (h *Handler) plan(change tasks.JumpDomainChange, cur wechat.JumpDomains) (wechat.JumpDomainChange, string, error) {
-	lists := [][]string{cur.Testing}
-	if change.Publish {
-		lists = append(lists, cur.Published)
-	}
-	inAll := func(d string) bool {
-		for _, l := range lists {
-			if !slices.Contains(l, d) {
-				return false
-			}
-		}
-		return true
-	}
-	inAny := func(d string) bool {
-		for _, l := range lists {
-			if slices.Contains(l, d) {
-				return true
-			}
-		}
-		return false
-	}
-	req := wechat.JumpDomainChange{Action: string(change.Action), Publish: change.Publish}
-	const done = "already in the desired state; nothing was changed"
-	switch change.Action {
-	case tasks.ActionAdd:
-		for _, d := range change.Domains {
-			if !inAll(d) {
-				req.Domains = append(req.Domains, d)
-			}
-		}
-		if len(req.Domains) == 0 {
-			return req, done, nil
-		}
-		for _, l := range lists {
-			n := len(l)
-			for _, d := range req.Domains {
-				if !slices.Contains(l, d) {
-					n++
-				}
-			}
-			if n > h.cfg.MaxDomains {
-				return req, "", &PlanError{Reason: fmt.Sprintf("adding %d domains would make %d, over the limit of %d; nothing was changed", len(req.Domains), n, h.cfg.MaxDomains)}
-			}
-		}
-	case tasks.ActionDelete:
-		for _, d := range change.Domains {
-			if inAny(d) {
-				req.Domains = append(req.Domains, d)
-			}
-		}
-		if len(req.Domains) == 0 {
-			return req, done, nil
-		}
-	case tasks.ActionSet:
-		same := true
-		for _, l := range lists {
-			if len(l) != len(change.Domains) {
-				same = false
-			}
-		}
-		for _, d := range change.Domains {
-			same = same && inAll(d)
-		}
-		if same {
-			return req, done, nil
-		}
-		req.Domains = change.Domains
-	default:
-		req.Domains = change.Domains
+	call, note, err := tasks.PlanEnsure(change, cur.Testing, cur.Published, h.cfg.MaxDomains)
+	req := wechat.JumpDomainChange{Action: string(call.Action), Domains: call.Domains, Publish: call.Publish}
+	var pe *tasks.PlanError
+	switch {
+	case errors.As(err, &pe):
+		return req, "", &PlanError{Reason: pe.Reason + "; nothing was changed"}
+	case err != nil:
+		return req, "", err
+	case note != "":
+		return req, note + "; nothing was changed", nil
 	}
 	return req, "", nil
 }

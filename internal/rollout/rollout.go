@@ -99,8 +99,13 @@ type Rollout struct {
 	FinishedAt *time.Time          `json:"finished_at,omitempty"`
 	// Error says why the fan-out failed (status failed).
 	Error string `json:"error,omitempty"`
-	// Plan lists what a dry run would call.
+	// Plan lists what a dry run would call: for an ensure rollout whose
+	// lists were read (EnsurePlan.ReadLists), only the calls that would
+	// be made, each for the difference alone.
 	Plan []tasks.JumpDomainChange `json:"plan,omitempty"`
+	// EnsurePlan is an ensure dry run's plan, platform by platform, from
+	// their current lists.
+	EnsurePlan *EnsureSummary `json:"ensure_plan,omitempty"`
 	// PreflightPlan is a dry run's preflight of every platform.
 	PreflightPlan *PreflightSummary `json:"preflight_plan,omitempty"`
 	// Replayed: an idempotency key's first rollout, returned again.
@@ -131,6 +136,11 @@ type Config struct {
 	// PreflightDefault is the mode of a rollout that names none (the
 	// workers' WXDOMAIN_PREFLIGHT); default warn.
 	PreflightDefault tasks.PreflightMode
+	// Lists, when set, reads a platform's current lists: an ensure dry
+	// run reads every platform's (one get call each) to show what it would
+	// call. nil: the ensure dry run says it could not, and shows the plain
+	// plan.
+	Lists ListsFunc
 }
 
 // DefaultTTL keeps a finished rollout for 30 days.
@@ -240,10 +250,18 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 	}
 	if spec.DryRun {
 		r.Mode, r.Status = ModeDryRun, StatusDone
-		for _, p := range platforms {
-			c := change
-			c.Platform = p
-			r.Plan = append(r.Plan, c)
+		if spec.Ensure {
+			sum, plan, err := s.ensurePlan(ctx, change, platforms)
+			if err != nil {
+				return nil, err
+			}
+			r.EnsurePlan, r.Plan = sum, plan
+		} else {
+			for _, p := range platforms {
+				c := change
+				c.Platform = p
+				r.Plan = append(r.Plan, c)
+			}
 		}
 		r.Counts.Queued = 0
 		sum, err := s.preflightPlan(ctx, change, platforms)

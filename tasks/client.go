@@ -491,7 +491,7 @@ func (c *Client) Cancel(ctx context.Context, taskID string) (*Record, error) {
 			if err := c.release(ctx, rec); err != nil {
 				return nil, err
 			}
-			return c.markCanceled(ctx, taskID, "canceled between attempts")
+			return c.markCanceled(ctx, taskID, CanceledBefore)
 		}
 		if time.Now().After(deadline) {
 			return rec, nil // still winding down; the caller can poll
@@ -548,16 +548,18 @@ func (c *Client) cancelIfWaiting(ctx context.Context, taskID string) (rec *Recor
 		if err := c.release(ctx, rec); err != nil {
 			return nil, true, err
 		}
-		rec, err = c.markCanceled(ctx, taskID, "canceled before it ran")
+		rec, err = c.markCanceled(ctx, taskID, CanceledBefore)
 		return rec, true, err
 	}
 	return rec, false, nil
 }
 
-func (c *Client) markCanceled(ctx context.Context, taskID, why string) (*Record, error) {
+// markCanceled records a cancel; why says what happened, from the record
+// as it stood (what its earlier attempts did).
+func (c *Client) markCanceled(ctx context.Context, taskID string, why func(*Record) string) (*Record, error) {
 	rec, err := c.store.Update(ctx, taskID, func(r *Record) error {
+		r.Error = why(r)
 		r.Status = StatusCanceled
-		r.Error = why
 		return nil
 	})
 	if errors.Is(err, ErrFinal) {

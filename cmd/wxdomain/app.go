@@ -352,6 +352,7 @@ type fleet struct {
 	limiter   *limit.Limiter
 	rollouts  *rollout.Service
 	preflight *preflight.Preflight
+	up        *upstream
 	log       *zap.Logger
 }
 
@@ -422,8 +423,17 @@ func newFleet(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability
 		Preflight:        pf,
 		PreflightDefault: cfg.Preflight,
 	}, log)
-	svc, _ := rolloutService(rdb, cfg, dur, platforms, pf)
-	return &fleet{rdb: rdb, handler: h, tokens: up.tokens, tickets: up.tickets, pauses: pauses, limiter: up.limiter, rollouts: svc, preflight: pf, log: log}, nil
+	svc, _ := rolloutService(rdb, cfg, dur, platforms, pf, up)
+	return &fleet{rdb: rdb, handler: h, tokens: up.tokens, tickets: up.tickets, pauses: pauses, limiter: up.limiter, rollouts: svc, preflight: pf, up: up, log: log}, nil
+}
+
+// listsOf reads a platform's current lists with a get call, through the
+// fleet's token and rate limits (an ensure dry run); nil without upstream.
+func listsOf(cfg config.Config, platforms *config.Platforms, up *upstream) rollout.ListsFunc {
+	if up == nil {
+		return nil
+	}
+	return worker.ListsOf(worker.ListsFetcher(up.tokens, up.wc, up.limiter, platformRates(cfg, platforms), up.policy, max(cfg.LimitMaxWait, time.Second)))
 }
 
 // preflighter is pf as the rollout service takes it: nil when there is
@@ -468,7 +478,8 @@ func (a *app) preflight(ctx context.Context) (*preflightConn, error) {
 }
 
 // rolloutService returns the rollout service and the tasks client under it.
-func rolloutService(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability, platforms *config.Platforms, pf *preflight.Preflight) (*rollout.Service, *tasks.Client) {
+// up, when set, lets an ensure dry run read each platform's lists.
+func rolloutService(rdb redis.UniversalClient, cfg config.Config, dur tasks.Durability, platforms *config.Platforms, pf *preflight.Preflight, up *upstream) (*rollout.Service, *tasks.Client) {
 	rules := tasks.Rules{MaxDomains: cfg.MaxDomains, KnownPlatform: platforms.Has}
 	client := tasks.NewClient(rdb, tasks.ClientConfig{Prefix: cfg.KeyPrefix, Queue: cfg.Queue, ResultTTL: cfg.ResultTTL, Rules: rules, Durability: dur})
 	all := make([]string, len(platforms.List))
@@ -477,7 +488,7 @@ func rolloutService(rdb redis.UniversalClient, cfg config.Config, dur tasks.Dura
 	}
 	return rollout.New(rdb, client, rollout.Config{
 		Prefix: cfg.KeyPrefix, Queue: cfg.Queue, BulkQueue: cfg.BulkQueue, Platforms: all, Rules: rules, TTL: cfg.RolloutTTL, BatchSize: cfg.FanoutBatch,
-		Durability: dur, Preflight: preflighter(pf), PreflightDefault: cfg.Preflight,
+		Durability: dur, Preflight: preflighter(pf), PreflightDefault: cfg.Preflight, Lists: listsOf(cfg, platforms, up),
 	}), client
 }
 

@@ -200,7 +200,7 @@ func TestConcurrencyFromOutside(t *testing.T) {
 		require.NoError(t, err)
 		platforms, err := config.LoadPlatformsFrom(cfg.PlatformsFile, cfg.PlatformsFileFrom)
 		require.NoError(t, err)
-		svc, client := rolloutService(f.rb.Client, cfg, tasks.Durability{}, platforms, nil)
+		svc, client := rolloutService(f.rb.Client, cfg, tasks.Durability{}, platforms, nil, nil)
 		t.Cleanup(func() { _ = svc.Close(); _ = client.Close() })
 		ctx := context.Background()
 		twice := 0

@@ -130,7 +130,7 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 	}()
 
 	apiToken := oneTimeToken()
-	handler, err := a.apiHandler(rdb, cfg, platforms, []string{apiToken}, reg, f.preflight, log)
+	handler, err := a.apiHandler(rdb, cfg, platforms, []string{apiToken}, reg, f.preflight, f.up, log)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -194,4 +196,55 @@ func TestProgressFitsAnEightyColumnTerminal(t *testing.T) {
 	assert.Contains(t, lines[0], "2/2 ok 2")
 	assert.Contains(t, lines[1], "rollout "+id+" done")
 	w.stop(t)
+}
+
+// An ensure dry run reads each platform's lists (get calls) and shows the
+// difference it would apply, per platform.
+func TestEnsureDryRunShowsTheDifference(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Real(t)
+	c := newCLI(t, rb, "platforms:\n  - appid: "+appID+"\n    secret: s\n  - appid: "+otherApp+"\n    secret: s\n")
+	fake, upstream := c.startFake()
+	defer fake.stop(t)
+	for _, a := range []string{appID, otherApp} {
+		_, errOut, err := c.run("ticket", "set", a, theTicket)
+		require.NoError(t, err, errOut)
+	}
+	w := c.start("worker")
+	waitFor(t, w, regexp.MustCompile(`worker started`))
+	_, errOut, err := c.run("enqueue", "--platform", appID, "--action", "add", "--domains", "shop.example.com", "--wait")
+	require.NoError(t, err, errOut)
+	_, errOut, err = c.run("enqueue", "--platform", otherApp, "--action", "add", "--domains", "shop.example.com,new.example.com", "--wait")
+	require.NoError(t, err, errOut)
+	w.stop(t)
+
+	out, errOut, err := c.run("rollout", "create", "--action", "add", "--domains", "shop.example.com,new.example.com", "--all", "--ensure", "--dry-run", "--preflight", "off")
+	require.NoError(t, err, errOut)
+	assert.Contains(t, out, "ensure dry run: read the current lists of 2 platforms with one get call each")
+	assert.Regexp(t, appID+`: would call add new\.example\.com`, out)
+	assert.Regexp(t, otherApp+`: nothing to do`, out)
+	assert.NotContains(t, out, "would call add shop.example.com,new.example.com", "not the plain plan")
+	calls := sandboxCalls(t, upstream)
+	assert.Equal(t, 2, calls["get"], "one get per platform")
+	assert.Equal(t, 2, calls["add"], "the two changes before; the dry run changed nothing")
+}
+
+// sandboxCalls counts modify_wxa_jump_domain calls by action.
+func sandboxCalls(t *testing.T, upstream string) map[string]int {
+	t.Helper()
+	resp, err := http.Get(upstream + "/sandbox/calls")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var calls []struct {
+		API    string `json:"api"`
+		Action string `json:"action"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&calls))
+	out := map[string]int{}
+	for _, c := range calls {
+		if c.API == "modify_wxa_jump_domain" {
+			out[c.Action]++
+		}
+	}
+	return out
 }

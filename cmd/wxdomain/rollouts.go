@@ -43,7 +43,7 @@ func (a *app) rollouts(ctx context.Context) (*rolloutsConn, error) {
 		_ = rdb.Close()
 		return nil, err
 	}
-	svc, client := rolloutService(rdb, cfg, a.durability(cfg), platforms, newPreflight(rdb, cfg, platforms, up, nil))
+	svc, client := rolloutService(rdb, cfg, a.durability(cfg), platforms, newPreflight(rdb, cfg, platforms, up, nil), up)
 	return &rolloutsConn{svc: svc, close: func() {
 		_ = svc.Close()
 		_ = client.Close()
@@ -114,7 +114,7 @@ func (a *app) rolloutCommand() *cobra.Command {
 	}
 	f := create.Flags()
 	f.StringVar(&spec.Name, "name", "", "a name to recognise the rollout by")
-	f.StringVar(&action, "action", "", "set, add or delete (required)")
+	f.StringVar(&action, "action", "", "get, set, add or delete (required); get reads every platform's lists")
 	f.StringVar(&domains, "domains", "", "comma-separated host names")
 	f.StringVar(&platforms, "platforms", "", "comma-separated appids")
 	f.BoolVar(&spec.All, "all", false, "every platform in the platforms file")
@@ -363,6 +363,11 @@ func printRollout(w io.Writer, r *rollout.Rollout) {
 	if r.Mode == rollout.ModeDryRun {
 		for _, c := range r.Plan {
 			fmt.Fprintf(w, "  would call %s %s on %s\n", c.Action, strings.Join(c.Domains, ","), c.Platform)
+		}
+		if r.EnsurePlan != nil {
+			for _, l := range r.EnsurePlan.Lines() {
+				fmt.Fprintln(w, "  "+l)
+			}
 		}
 		if r.PreflightPlan != nil {
 			for _, l := range r.PreflightPlan.Lines() {

@@ -76,21 +76,23 @@ long polls end 5s before it), error answers never exceed 16 KiB.`,
 
 			reg, m := a.newMetrics(rdb)
 			a.watchPrimary(ctx, rdb, log)
-			var f *fleet
-			var pf *preflight.Preflight
+			var (
+				f  *fleet
+				pf *preflight.Preflight
+				up *upstream
+			)
 			if withWorker {
 				if f, err = newFleet(rdb, cfg, a.durability(cfg), platforms, m, log); err != nil {
 					return err
 				}
-				pf = f.preflight
+				pf, up = f.preflight, f.up
 			} else {
-				up, err := newUpstream(rdb, cfg, platforms, m, log)
-				if err != nil {
+				if up, err = newUpstream(rdb, cfg, platforms, m, log); err != nil {
 					return err
 				}
 				pf = newPreflight(rdb, cfg, platforms, up, m)
 			}
-			handler, err := a.apiHandler(rdb, cfg, platforms, tokens, reg, pf, log)
+			handler, err := a.apiHandler(rdb, cfg, platforms, tokens, reg, pf, up, log)
 			if err != nil {
 				return err
 			}
@@ -140,12 +142,12 @@ func oneTimeToken() string {
 	return "wxd_" + hex.EncodeToString(b[:])
 }
 
-func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, tokens []string, reg *prometheus.Registry, pf *preflight.Preflight, log *zap.Logger) (http.Handler, error) {
+func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms *config.Platforms, tokens []string, reg *prometheus.Registry, pf *preflight.Preflight, up *upstream, log *zap.Logger) (http.Handler, error) {
 	events, err := eventCrypters(platforms)
 	if err != nil {
 		return nil, err
 	}
-	rollouts, client := rolloutService(rdb, cfg, a.durability(cfg), platforms, pf)
+	rollouts, client := rolloutService(rdb, cfg, a.durability(cfg), platforms, pf, up)
 	var hpf httpapi.Preflight
 	if pf != nil {
 		hpf = pf

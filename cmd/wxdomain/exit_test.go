@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -247,4 +249,75 @@ func sandboxCalls(t *testing.T, upstream string) map[string]int {
 		}
 	}
 	return out
+}
+
+// Settings and the platforms file are reported in the user's words: the
+// flag as typed, the file's field and line, the expected shape.
+func TestSettingErrorsSpeakTheUsersLanguage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := dir + "/" + name
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o600))
+		return p
+	}
+	wrongField := write("field.yaml", "platforms:\n  - appid: "+appID+"\n    secret: s\n    rate_limit: 5\n")
+	topList := write("list.yaml", "- appid: "+appID+"\n  secret: s\n")
+	numericID := write("num.yaml", "platforms:\n  - appid: 12345\n    secret: s\n")
+	c := &cli{t: t, env: []string{"PATH=" + os.Getenv("PATH"), "WXDOMAIN_REDIS_URL=redis://127.0.0.1:1/0"}}
+	tests := []struct {
+		give []string
+		want string
+	}{
+		{[]string{"--log-format", "text", "worker"}, `--log-format "text": want json or console`},
+		{[]string{"--platforms-file=/nope.yaml", "worker"}, "--platforms-file /nope.yaml: no such file"},
+		{[]string{"worker"}, "WXDOMAIN_PLATFORMS_FILE is not set: it lists the platforms (appid, secret_env, rate) wxdomain may change; set it, or pass --platforms-file; an example is cmd/wxdomain/platforms.example.yaml"},
+		{[]string{"--platforms-file", wrongField, "worker"}, `platforms[0]: unknown field "rate_limit"; the fields are appid, secret, secret_env, rate, burst, token, encoding_aes_key`},
+		{[]string{"--platforms-file", topList, "worker"}, `must be a mapping with a "platforms" list`},
+		{[]string{"--platforms-file", numericID, "worker"}, `platforms[0].appid "12345": not a component appid`},
+	}
+	for _, tt := range tests {
+		_, errOut, err := c.run(tt.give...)
+		assert.Equal(t, exitError, statusOf(t, err), "%v: %s", tt.give, errOut)
+		assert.Contains(t, errOut, tt.want, tt.give)
+		for _, goSpeak := range []string{"config.Platform", "!!seq", "struct {", "strconv."} {
+			assert.NotContains(t, errOut, goSpeak, tt.give)
+		}
+	}
+}
+
+// A second dev on a busy API address stops at once, with the useful line
+// and nothing else.
+func TestDevOnABusyPort(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	c := &cli{t: t, env: []string{"PATH=" + os.Getenv("PATH")}}
+	out, errOut, err := c.run("dev", "--api-addr", ln.Addr().String(), "--redis-addr", "127.0.0.1:0")
+	assert.Equal(t, exitError, statusOf(t, err))
+	assert.Empty(t, out)
+	assert.Equal(t, 1, strings.Count(errOut, "\n"), "one line: %q", errOut)
+	assert.Contains(t, errOut, "another wxdomain dev running? stop it, or pick another address with --api-addr")
+}
+
+// A worker whose Redis is down waits for it, one structured line per try,
+// none of go-redis's own printing; SIGTERM stops it.
+func TestWorkerWaitsForRedis(t *testing.T) {
+	t.Parallel()
+	c := &cli{t: t, env: []string{"PATH=" + os.Getenv("PATH"), "WXDOMAIN_REDIS_URL=redis://:pw-hidden@127.0.0.1:1/0",
+		"WXDOMAIN_PLATFORMS_FILE=platforms.example.yaml", "WX1234_SECRET=s", "WXFEDC_SECRET=s"}}
+	w := c.start("worker")
+	waitFor(t, w, regexp.MustCompile(`(?s)redis does not answer; trying again.*redis does not answer; trying again`))
+	require.NoError(t, w.cmd.Process.Signal(syscall.SIGTERM))
+	_ = w.cmd.Wait()
+	out := w.output()
+	assert.Contains(t, out, `"redis_url":"redis://:xxxxx@127.0.0.1:1/0"`)
+	assert.NotContains(t, out, "pw-hidden")
+	assert.NotContains(t, out, "pool.go")
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if !strings.HasPrefix(line, "wxdomain:") {
+			assert.True(t, json.Valid([]byte(line)), "structured: %q", line)
+		}
+	}
 }

@@ -266,7 +266,7 @@ func openRedisWaiting(ctx context.Context, cfg config.Config, log *zap.Logger) (
 		}
 		if ctx.Err() != nil {
 			_ = rdb.Close()
-			return nil, redisDown(cfg, err)
+			return nil, ctx.Err() // stopped while waiting: an interruption
 		}
 		log.Warn("redis does not answer; trying again", zap.String("redis_url", config.RedactURL(cfg.RedisURL)), zap.String("error", err.Error()), zap.Duration("retry_in", delay))
 		t := time.NewTimer(delay)
@@ -274,7 +274,7 @@ func openRedisWaiting(ctx context.Context, cfg config.Config, log *zap.Logger) (
 		case <-ctx.Done():
 			t.Stop()
 			_ = rdb.Close()
-			return nil, redisDown(cfg, err)
+			return nil, ctx.Err()
 		case <-t.C:
 		}
 		delay = min(2*delay, 10*time.Second)

@@ -392,7 +392,7 @@ func (r *doctorReport) onlineReplicas() int {
 }
 
 // judge turns the findings into warnings (data can be lost, or writes
-// fail: exit status 2) and notes (worth knowing), and sets the durable
+// fail: exit status 3) and notes (worth knowing), and sets the durable
 // acknowledgement's state.
 func (r *doctorReport) judge() {
 	warn := func(format string, args ...any) { r.Warnings = append(r.Warnings, fmt.Sprintf(format, args...)) }
@@ -595,7 +595,7 @@ func printDoctor(w io.Writer, r *doctorReport) error {
 		_, err := fmt.Fprintln(w, "no warnings")
 		return err
 	}
-	_, err := fmt.Fprintf(w, "%s (exit status 2)\n", count(len(r.Warnings), "warning"))
+	_, err := fmt.Fprintf(w, "%s (exit status %d)\n", count(len(r.Warnings), "warning"), exitNotAllSucceeded)
 	return err
 }
 

@@ -29,6 +29,8 @@ const (
 	// exitTimedOut: the wait ended before the work did; what there was
 	// to print was printed.
 	exitTimedOut = 4
+	// exitInterrupted: Ctrl-C or SIGTERM ended a command (128 + SIGINT).
+	exitInterrupted = 130
 )
 
 // exitStatus ends the program with a status other than 1, after the

@@ -17,7 +17,12 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	var st *exitStatus
-	if err != nil && !errors.As(err, &st) {
+	switch {
+	case err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled):
+		// Ctrl-C or SIGTERM: only this command stops; the work goes on.
+		fmt.Fprintln(os.Stderr, "wxdomain: interrupted; what was submitted goes on")
+		os.Exit(exitInterrupted)
+	case err != nil && !errors.As(err, &st):
 		fmt.Fprintln(os.Stderr, "wxdomain:", err) // else the command said all there was to say
 	}
 	os.Exit(exitCode(err))

@@ -113,6 +113,11 @@ func (f *Files) Get(ctx context.Context, appid string) (File, error) {
 		}
 		if got {
 			defer f.rdb.Del(context.WithoutCancel(ctx), f.lockKey(appid))
+			// Double check: another process may have fetched it between
+			// our miss and our lock.
+			if file, ok, err := f.cached(ctx, appid); ok || err != nil {
+				return file, err
+			}
 			return f.Fetch(ctx, appid)
 		}
 		deadline := time.Now().Add(fetchLease)
@@ -128,7 +133,12 @@ func (f *Files) Get(ctx context.Context, appid string) (File, error) {
 				return file, err
 			}
 			if n, err := f.rdb.Exists(ctx, f.lockKey(appid)).Result(); err == nil && n == 0 {
-				break // the other process gave up: ask ourselves
+				// The other process is done: it kept the file (read it
+				// now), or gave up (ask ourselves).
+				if file, ok, err := f.cached(ctx, appid); ok || err != nil {
+					return file, err
+				}
+				break
 			}
 		}
 		return f.Fetch(ctx, appid)

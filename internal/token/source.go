@@ -63,7 +63,7 @@ func (e *BusyError) Error() string {
 func (e *BusyError) Unwrap() error { return e.Err }
 
 // ErrUnknownPlatform means no secret is configured for the appid.
-var ErrUnknownPlatform = errors.New("platform not in the platforms file")
+var ErrUnknownPlatform = errors.New("no secret for this platform in this process: it is not in the platforms file, or its secret_env variable is not set here")
 
 // SourceConfig configures a Source.
 type SourceConfig struct {

@@ -85,6 +85,9 @@ type Record struct {
 	// call while it waits outside the workers.
 	ReservedSlot *time.Time `json:"reserved_slot,omitempty"`
 
+	// Events is the change's timeline, bounded (MaxEvents).
+	Events []Event `json:"events,omitempty"`
+
 	// Replayed is true when Enqueue found an earlier submission with the
 	// same idempotency key and returned its record.
 	Replayed bool `json:"-"`
@@ -192,6 +195,9 @@ func (s *Store) Create(ctx context.Context, r *Record) (bool, error) {
 		r.CreatedAt = now
 	}
 	r.UpdatedAt = now
+	if len(r.Events) == 0 {
+		r.addEvent(r.event(now))
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
 		return false, fmt.Errorf("encode record %s: %w", r.TaskID, err)
@@ -235,6 +241,9 @@ func (s *Store) createForRollout(ctx context.Context, rollout string, attempt in
 			r.CreatedAt = now
 		}
 		r.UpdatedAt = now
+		if len(r.Events) == 0 {
+			r.addEvent(r.event(now))
+		}
 		b, err := json.Marshal(r)
 		if err != nil {
 			return nil, fmt.Errorf("encode record %s: %w", r.TaskID, err)
@@ -305,11 +314,15 @@ func (s *Store) update(ctx context.Context, id, rolloutStatus string, fn func(*R
 			}
 			return &r, ErrFinal
 		}
+		before := r.event(time.Time{})
 		if err := fn(&r); err != nil {
 			return &r, err
 		}
 		now := s.now().UTC()
 		r.UpdatedAt = now
+		if ev := r.event(now); !ev.same(before) {
+			r.addEvent(ev)
+		}
 		finished := r.Status.Final() && r.FinishedAt == nil
 		if finished {
 			r.FinishedAt = &now
@@ -321,16 +334,24 @@ func (s *Store) update(ctx context.Context, id, rolloutStatus string, fn func(*R
 		if err != nil {
 			return &r, fmt.Errorf("encode record %s: %w", id, err)
 		}
-		keys := []string{key, key, key, key} // unused outside rollouts
+		keys := []string{key, key, key, key, key} // unused outside rollouts
 		appid, attempt := "", ""
 		if r.RolloutID != "" {
-			keys = []string{key, RolloutStateKey(s.prefix, r.RolloutID), RolloutCountsKey(s.prefix, r.RolloutID), RolloutKey(s.prefix, r.RolloutID)}
+			keys = []string{key, RolloutStateKey(s.prefix, r.RolloutID), RolloutCountsKey(s.prefix, r.RolloutID), RolloutKey(s.prefix, r.RolloutID), key}
 			appid = r.Platform
 			if _, a, _, ok := ParseRolloutTaskID(id); ok {
 				attempt = strconv.Itoa(a) // moves its platform only while its attempt is current
 			}
 		}
-		ok, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, rolloutStatus, flag(r.PreflightFailed())).Int()
+		// The platform's lists as WeChat last reported them, kept in the
+		// same step (the console's inventory reads them).
+		lists := ""
+		if (r.Status == StatusSucceeded || r.Status == StatusPartial) && r.TestingDomains != nil && ValidAppID(r.Platform) {
+			keys[4] = PlatformListsKey(s.prefix, r.Platform)
+			lb, _ := json.Marshal(PlatformLists{Testing: *r.TestingDomains, Published: r.PublishedDomains, ReadAt: now, TaskID: id})
+			lists = string(lb)
+		}
+		ok, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, rolloutStatus, flag(r.PreflightFailed()), lists).Int()
 		if err != nil {
 			return &r, fmt.Errorf("update record %s: %w", id, err)
 		}

@@ -115,11 +115,13 @@ return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 // rollout; ARGV old JSON, new JSON, TTL ms, appid ("" outside rollouts),
 // status, now, attempt, rollout status required, preflight failed ("1"
 // or "0"): a platform that moved is counted among the rollout's
-// preflight failures as its latest record says.
+// preflight failures as its latest record says; then the platform's
+// lists (KEYS[5]) when ARGV[10] holds them.
 var casRecord = redis.NewScript(transitionLua + `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if ARGV[8] and ARGV[8] ~= '' and redis.call('HGET', KEYS[4], 'status') ~= ARGV[8] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[10] and ARGV[10] ~= '' then redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[3]) end
 if ARGV[4] ~= '' and transition(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 1 then
   if ARGV[9] == '1' then
     redis.call('SADD', KEYS[4] .. ':preflight', ARGV[4])

@@ -213,8 +213,14 @@ func (p Policy) classifyTokenFetch(e *token.FetchError) Decision {
 // explain turns an errcode into words an operator can act on, keeping
 // WeChat's own errmsg.
 func explain(e *wechat.APIError) string {
+	return fmt.Sprintf("%s (errcode %d: %s)", Meaning(e.Code), e.Code, e.Msg)
+}
+
+// Meaning says what an errcode of WeChat means for an operator (the one
+// table the worker classifies by, for pages that group failures).
+func Meaning(code int) string {
 	var what string
-	switch e.Code {
+	switch code {
 	case -1:
 		what = "WeChat is busy"
 	case 61028:
@@ -242,5 +248,5 @@ func explain(e *wechat.APIError) string {
 	default:
 		what = "WeChat refused the change"
 	}
-	return fmt.Sprintf("%s (errcode %d: %s)", what, e.Code, e.Msg)
+	return what
 }

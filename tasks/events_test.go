@@ -26,7 +26,9 @@ func TestRecordTimelineAndLists(t *testing.T) {
 	busy := -1
 	steps := []func(*tasks.Record){
 		func(r *tasks.Record) { r.Status, r.Attempts = tasks.StatusRunning, 1 },
-		func(r *tasks.Record) { r.Status, r.ErrCode, r.Error = tasks.StatusRetrying, &busy, "WeChat is busy (errcode -1)" },
+		func(r *tasks.Record) {
+			r.Status, r.ErrCode, r.Error = tasks.StatusRetrying, &busy, "WeChat is busy (errcode -1)"
+		},
 		func(r *tasks.Record) { r.Error = "WeChat is busy (errcode -1)" }, // no change: no step
 		func(r *tasks.Record) { r.Status, r.Attempts, r.Error = tasks.StatusRunning, 2, "" },
 		func(r *tasks.Record) {
@@ -66,7 +68,10 @@ func TestRecordTimelineAndLists(t *testing.T) {
 	_, err = s.Create(ctx, tasks.NewRecord(id2, tasks.JumpDomainChange{Platform: app, Action: tasks.ActionGet}, "q"))
 	require.NoError(t, err)
 	for i := range 100 {
-		_, err := s.Update(ctx, id2, func(r *tasks.Record) error { r.Status, r.Error = tasks.StatusRetrying, fmt.Sprintf("wait %d", i); return nil })
+		_, err := s.Update(ctx, id2, func(r *tasks.Record) error {
+			r.Status, r.Error = tasks.StatusRetrying, fmt.Sprintf("wait %d", i)
+			return nil
+		})
 		require.NoError(t, err)
 	}
 	rec, err = s.Get(ctx, id2)

@@ -64,7 +64,7 @@ func TestDoctorOnAStandaloneRedis(t *testing.T) {
 		assert.Regexp(t, `durable ack +cannot work: WXDOMAIN_REDIS_MIN_REPLICAS=1`, out)
 		assert.Contains(t, out, "WARNING: durable acknowledgement cannot work: WXDOMAIN_REDIS_MIN_REPLICAS=1 but 0 replicas online")
 		assert.Regexp(t, `live test +SET `+rb.Prefix+`doctor:[0-9a-f]+, WAIT 1 100: 0 of 1 replicas confirmed`, out)
-		assert.Contains(t, out, "(exit status 2)")
+		assert.Contains(t, out, "(exit status 3)")
 
 		r, status := doctorJSON(t, c)
 		assert.Equal(t, exitNotAllSucceeded, status)

@@ -53,10 +53,9 @@ func markersLeft(t *testing.T, rdb redis.UniversalClient, prefix string) int {
 // required replica makes durable acknowledgement impossible.
 func TestDoctorOnAStandaloneRedis(t *testing.T) {
 	t.Parallel()
-	rb := redistest.Real(t)
-
 	t.Run("one replica required", func(t *testing.T) {
 		t.Parallel()
+		rb := redistest.Real(t) // its own prefix: the other subtest counts its markers
 		c := newCLI(t, rb, doctorPlatforms, "WXDOMAIN_REDIS_MIN_REPLICAS=1", "WXDOMAIN_REDIS_WAIT_TIMEOUT=100ms")
 		out, errOut, err := c.run("doctor")
 		assert.Equal(t, exitNotAllSucceeded, statusOf(t, err), "stdout:\n%s\nstderr:\n%s", out, errOut)
@@ -77,6 +76,7 @@ func TestDoctorOnAStandaloneRedis(t *testing.T) {
 
 	t.Run("none required", func(t *testing.T) {
 		t.Parallel()
+		rb := redistest.Real(t)
 		c := newCLI(t, rb, doctorPlatforms, "WXDOMAIN_REDIS_MIN_REPLICAS=0")
 		out, errOut, err := c.run("doctor")
 		// Whether the shared Redis persists decides between 0 and 3 (warnings).

@@ -159,7 +159,8 @@ func (a *app) runDev(ctx context.Context, redisAddr, upstreamAddr, apiAddr strin
 	fmt.Fprintf(a.stdout, "%s\n\n", b)
 	fmt.Fprintf(a.stdout, `wxdomain dev is running (Ctrl-C stops it).
   HTTP API:             %s   (token below)
-  monitoring UI:        %s/monitoring/   (any user name, the token as password)
+  console:              %s/ui/   (platforms, domains, rollouts; any user name, the token as password)
+  monitoring UI:        %s/monitoring/   (queues; same login)
   metrics:              %s/metrics   (with the token)
   Redis (in-process):   %s
   sandbox WeChat API:   %s   (admin API: %s/sandbox/)
@@ -179,7 +180,7 @@ file (WXDOMAIN_PREFLIGHT=warn calls anyway; enforce would not). What a domain
 must serve, and a check that changes nothing:
   go run ./cmd/wxdomain confirmfile --platform %s
   go run ./cmd/wxdomain domains check --platform %s --domains www.example.com
-`, apiURL, apiURL, apiURL, redisURL, upstreamURL, upstreamURL, devPlatforms[0].appid, devPlatforms[1].appid,
+`, apiURL, apiURL, apiURL, apiURL, redisURL, upstreamURL, upstreamURL, devPlatforms[0].appid, devPlatforms[1].appid,
 		apiURL, apiToken, devPlatforms[0].appid, redisURL, platformsFile, upstreamURL, devPlatforms[1].appid, devPlatforms[0].appid, devPlatforms[0].appid)
 
 	select {

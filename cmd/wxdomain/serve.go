@@ -15,10 +15,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wxdomain/wxdomain/internal/config"
+	"github.com/wxdomain/wxdomain/internal/console"
 	"github.com/wxdomain/wxdomain/internal/httpapi"
 	"github.com/wxdomain/wxdomain/internal/monitor"
 	"github.com/wxdomain/wxdomain/internal/preflight"
 	"github.com/wxdomain/wxdomain/internal/wxcrypt"
+	"github.com/wxdomain/wxdomain/worker"
 )
 
 func (a *app) serveCommand() *cobra.Command {
@@ -72,7 +74,7 @@ long polls end 5s before it), error answers never exceed 16 KiB.`,
 			if err != nil {
 				return fmt.Errorf("WXDOMAIN_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 			}
-			fmt.Fprintf(a.stdout, "wxdomain API listening on http://%s\n", ln.Addr())
+			fmt.Fprintf(a.stdout, "wxdomain API listening on http://%s (console: http://%s/ui/)\n", ln.Addr(), ln.Addr())
 
 			reg, m := a.newMetrics(rdb)
 			a.watchPrimary(ctx, rdb, log)
@@ -152,12 +154,19 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 	if pf != nil {
 		hpf = pf
 	}
+	report := platformReporter(rdb, cfg, platforms)
+	ui := console.New(console.Config{
+		Client: client, Rollouts: rollouts, Platforms: report, Lists: client.Store().PlatformLists,
+		Meaning: worker.Meaning, MonitoringPath: "/monitoring", Queue: cfg.Queue, BulkQueue: cfg.BulkQueue,
+		Log: log.Named("console"),
+	})
 	return httpapi.New(httpapi.Config{
+		Console:         ui,
 		Preflight:       hpf,
 		MaxDomains:      cfg.MaxDomains,
 		Client:          client,
 		Rollouts:        rollouts,
-		Platforms:       platformReporter(rdb, cfg, platforms),
+		Platforms:       report,
 		KnownPlatform:   platforms.Has,
 		Events:          events,
 		Monitoring:      monitor.New(rdb, "/monitoring"),

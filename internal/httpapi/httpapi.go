@@ -62,6 +62,10 @@ type Config struct {
 	MaxDomains int
 	// Rollouts, if set, serves /v1/rollouts.
 	Rollouts *rollout.Service
+	// Console, if set, is the operator's console, served under /ui/
+	// behind the same tokens as the monitoring UI (and the same-origin
+	// rule for every form post); / then leads to it.
+	Console http.Handler
 	// Monitoring is the asynq web UI, served under /monitoring/ behind the
 	// same tokens (a browser logs in with basic auth, the password a token).
 	Monitoring http.Handler
@@ -149,6 +153,14 @@ func New(cfg Config) http.Handler {
 	if cfg.Metrics != nil {
 		mux.Handle("GET /metrics", MetricsHandler(cfg.Metrics, cfg.MetricsPublic, cfg.Tokens))
 	}
+	if cfg.Console != nil {
+		mux.Handle("/ui/", a.browserAuth(cfg.Console))
+		mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+		mux.Handle("GET /{$}", a.browserAuth(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			_, _ = io.WriteString(w, indexPage)
+		})))
+	}
 	if cfg.Monitoring != nil {
 		mux.Handle("/monitoring/", a.browserAuth(cfg.Monitoring))
 		mux.Handle("GET /monitoring", http.RedirectHandler("/monitoring/", http.StatusMovedPermanently))
@@ -164,6 +176,15 @@ func New(cfg Config) http.Handler {
 	}))
 	return sameOrigin(mux, cfg.TrustedOrigins)
 }
+
+// indexPage links the browser pages.
+const indexPage = `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>wxdomain</title></head>
+<body><h1>wxdomain</h1><ul>
+<li><a href="/ui/">Console</a>: platforms, domains, rollouts, changes</li>
+<li><a href="/monitoring/">Queues</a> (asynqmon)</li>
+<li><a href="/v1/openapi.json">API</a> (OpenAPI)</li>
+</ul></body></html>
+`
 
 // routeMethods are the methods a route may be registered with.
 var routeMethods = []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}

@@ -157,7 +157,7 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 	report := platformReporter(rdb, cfg, platforms)
 	ui := console.New(console.Config{
 		Client: client, Rollouts: rollouts, Platforms: report, Lists: client.Store().PlatformLists,
-		Meaning: worker.Meaning, MonitoringPath: "/monitoring", Queue: cfg.Queue, BulkQueue: cfg.BulkQueue,
+		KnownPlatform: platforms.Has, Meaning: worker.Meaning, MonitoringPath: "/monitoring", Queue: cfg.Queue, BulkQueue: cfg.BulkQueue,
 		Log: log.Named("console"),
 	})
 	return httpapi.New(httpapi.Config{

@@ -35,6 +35,9 @@ type Config struct {
 	Platforms func(ctx context.Context) ([]platform.Status, error)
 	// Lists returns the last known lists of platforms (nil: unknown).
 	Lists func(ctx context.Context, appids []string) (map[string]tasks.PlatformLists, error)
+	// KnownPlatform, when set, says whether an appid is configured,
+	// without Redis (else Platforms is read).
+	KnownPlatform func(appid string) bool
 	// Meaning explains a WeChat errcode in an operator's words (the
 	// worker's classification table).
 	Meaning func(code int) string

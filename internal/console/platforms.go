@@ -151,6 +151,13 @@ func (c *Console) platformKnown(w http.ResponseWriter, r *http.Request, appid st
 		c.fail(w, http.StatusNotFound, fmt.Sprintf("no such platform: %q is not a component appid (want %s)", tasks.Truncate(appid), tasks.AppIDForm))
 		return false
 	}
+	if c.cfg.KnownPlatform != nil {
+		if c.cfg.KnownPlatform(appid) {
+			return true
+		}
+		c.fail(w, http.StatusNotFound, "no such platform: "+appid+" is not in the platforms file")
+		return false
+	}
 	list, err := c.fleet(r.Context())
 	if err != nil {
 		c.opFailed(w, r, err)

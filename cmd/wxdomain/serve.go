@@ -155,9 +155,14 @@ func (a *app) apiHandler(rdb redis.UniversalClient, cfg config.Config, platforms
 		hpf = pf
 	}
 	report := platformReporter(rdb, cfg, platforms)
+	var factors func(context.Context, []string) (map[string]float64, error)
+	if up != nil {
+		factors = up.limiter.Factors
+	}
 	ui := console.New(console.Config{
-		Client: client, Rollouts: rollouts, Platforms: report, Lists: client.Store().PlatformLists,
-		KnownPlatform: platforms.Has, Meaning: worker.Meaning, MonitoringPath: "/monitoring", Queue: cfg.Queue, BulkQueue: cfg.BulkQueue,
+		Factors: factors,
+		Client:  client, Rollouts: rollouts, Platforms: report, Lists: client.Store().PlatformLists,
+		KnownPlatform: platforms.Has, Meaning: worker.Meaning, MonitoringPath: "/monitoring", DefaultRate: cfg.DefaultRate, Queue: cfg.Queue, BulkQueue: cfg.BulkQueue,
 		Log: log.Named("console"),
 	})
 	return httpapi.New(httpapi.Config{

@@ -35,6 +35,11 @@ type Config struct {
 	Platforms func(ctx context.Context) ([]platform.Status, error)
 	// Lists returns the last known lists of platforms (nil: unknown).
 	Lists func(ctx context.Context, appids []string) (map[string]tasks.PlatformLists, error)
+	// Factors, when set, reads the platforms' pacing factors (busy
+	// answers slow a platform below its rate) in one round trip.
+	Factors func(ctx context.Context, appids []string) (map[string]float64, error)
+	// DefaultRate is the rate of a platform that sets none.
+	DefaultRate float64
 	// KnownPlatform, when set, says whether an appid is configured,
 	// without Redis (else Platforms is read).
 	KnownPlatform func(appid string) bool

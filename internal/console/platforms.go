@@ -212,10 +212,27 @@ func (c *Console) platformsPage(w http.ResponseWriter, r *http.Request) {
 		c.opFailed(w, r, err)
 		return
 	}
+	factors := map[string]float64{}
+	if c.cfg.Factors != nil {
+		if factors, err = c.cfg.Factors(ctx, appids); err != nil {
+			c.opFailed(w, r, err)
+			return
+		}
+	}
 	v := platformsView{Total: len(list), CanRefreshAll: c.cfg.Rollouts != nil, Flash: platformsFlash(r.URL.Query())}
 	v.Rows = make([]platformRow, 0, len(list))
 	for _, p := range list {
 		row := c.platformRow(p)
+		if f, ok := factors[p.AppID]; ok && f < 1 {
+			// Busy answers slow the platform: the rate it runs at now.
+			rate := p.Rate
+			if rate <= 0 {
+				rate = c.cfg.DefaultRate
+			}
+			if rate > 0 {
+				row.Rate += " (now " + strconv.FormatFloat(rate*f, 'f', 2, 64) + "/s, busy pacing)"
+			}
+		}
 		if l, ok := lists[p.AppID]; ok {
 			row.Lists = &listsView{Testing: linesOf(l.Testing), ReadAt: c.momentOf(l.ReadAt), TaskID: l.TaskID}
 			if l.Published != nil {
@@ -239,6 +256,9 @@ func (c *Console) platformsPage(w http.ResponseWriter, r *http.Request) {
 
 func (c *Console) platformRow(p platform.Status) platformRow {
 	row := platformRow{AppID: p.AppID, Rate: "default", RefreshLabel: "Refresh the lists of " + p.AppID, ResumeAt: "Resume " + p.AppID}
+	if p.Rate <= 0 && c.cfg.DefaultRate > 0 {
+		row.Rate = strconv.FormatFloat(c.cfg.DefaultRate, 'f', -1, 64) + "/s (default)"
+	}
 	if p.Rate > 0 {
 		row.Rate = strconv.FormatFloat(p.Rate, 'f', -1, 64) + "/s"
 	}

@@ -39,6 +39,7 @@ const (
 // platformsEnv is the real router (the API's auth and same-origin rule
 // around the console) over a miniredis.
 type platformsEnv struct {
+	factor float64 // the pacing factor every platform reports
 	srv      *httptest.Server
 	rb       redistest.Bundle
 	client   *tasks.Client
@@ -50,7 +51,7 @@ type platformsEnv struct {
 func newPlatformsEnv(t *testing.T, statuses []platform.Status) *platformsEnv {
 	t.Helper()
 	rb := redistest.Mini(t)
-	e := &platformsEnv{rb: rb, statuses: statuses}
+	e := &platformsEnv{rb: rb, statuses: statuses, factor: 1}
 	var appids []string
 	for _, s := range statuses {
 		appids = append(appids, s.AppID)
@@ -75,7 +76,14 @@ func newPlatformsEnv(t *testing.T, statuses []platform.Status) *platformsEnv {
 		Client: e.client, Rollouts: e.rollouts, Platforms: report, Lists: e.client.Store().PlatformLists,
 		Meaning:        func(code int) string { return "meaning of " + strconv.Itoa(code) },
 		MonitoringPath: "/monitoring", Queue: rb.Queue, BulkQueue: rb.Queue + "_bulk",
-		Log: zaptest.NewLogger(t),
+		Log: zaptest.NewLogger(t), DefaultRate: 5,
+		Factors: func(_ context.Context, appids []string) (map[string]float64, error) {
+			out := map[string]float64{}
+			for _, a := range appids {
+				out[a] = e.factor
+			}
+			return out, nil
+		},
 	})
 	e.srv = httptest.NewServer(httpapi.New(httpapi.Config{
 		Client: e.client, KnownPlatform: known, Platforms: report, Rollouts: e.rollouts,
@@ -458,4 +466,17 @@ func BenchmarkPlatformsPage500(b *testing.B) {
 			b.ReportMetric(float64(size)/1024, "KiB/page")
 		})
 	}
+}
+
+// The rate a platform runs at now shows beside its configured one while
+// busy answers slow it.
+func TestPlatformsShowTheEffectiveRate(t *testing.T) {
+	t.Parallel()
+	e := newPlatformsEnv(t, threePlatforms())
+	r := e.do(t, "GET", "/ui/platforms")
+	assert.NotContains(t, r.body, "busy pacing)")
+	e.factor = 0.5
+	r = e.do(t, "GET", "/ui/platforms")
+	assert.Contains(t, r.body, "5/s (now 2.50/s, busy pacing)")
+	assert.Contains(t, r.body, "0.5/s (now 0.25/s, busy pacing)")
 }

@@ -414,6 +414,32 @@ func (l *Limiter) Feedback(ctx context.Context, appid, holder string, o Outcome)
 }
 
 // Factor is the platform's current share of its configured rate (1 = full).
+// Factors reads the pacing factor of many platforms in one round trip
+// (1 where none is kept: the platform runs at its rate).
+func (l *Limiter) Factors(ctx context.Context, appids []string) (map[string]float64, error) {
+	out := make(map[string]float64, len(appids))
+	if len(appids) == 0 {
+		return out, nil
+	}
+	keys := make([]string, len(appids))
+	for i, a := range appids {
+		keys[i] = l.factorKey(a)
+	}
+	vals, err := l.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read pacing: %w", err)
+	}
+	for i, v := range vals {
+		out[appids[i]] = 1
+		if s, ok := v.(string); ok {
+			if f, err := strconv.ParseFloat(s, 64); err == nil && !math.IsNaN(f) {
+				out[appids[i]] = f
+			}
+		}
+	}
+	return out, nil
+}
+
 func (l *Limiter) Factor(ctx context.Context, appid string) (float64, error) {
 	v, err := l.rdb.Get(ctx, l.factorKey(appid)).Result()
 	if err == redis.Nil {

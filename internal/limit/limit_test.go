@@ -376,3 +376,14 @@ func TestHolderFindsItsGlobalSlotAgain(t *testing.T) {
 		assert.InDelta(t, 0.7, r.Wait.Seconds(), 0.05, "the same slot each time it comes back")
 	}
 }
+
+func TestFactorsInOneRead(t *testing.T) {
+	t.Parallel()
+	rb := redistest.Mini(t)
+	l := limit.New(rb.Client, rb.Prefix, limit.Rate{}, limit.Pacing{Decrease: 0.5, MinFactor: 0.1})
+	ctx := context.Background()
+	require.NoError(t, rb.Client.Set(ctx, rb.Prefix+"limit_factor:wxaaaaaaaaaaaaaaaa", "0.35", 0).Err())
+	got, err := l.Factors(ctx, []string{"wxaaaaaaaaaaaaaaaa", "wxbbbbbbbbbbbbbbbb"})
+	require.NoError(t, err)
+	assert.Equal(t, map[string]float64{"wxaaaaaaaaaaaaaaaa": 0.35, "wxbbbbbbbbbbbbbbbb": 1}, got)
+}

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/wxdomain/wxdomain/internal/limit"
@@ -16,51 +15,9 @@ import (
 // the call made once more, as every call is. An ensure dry run reads the
 // lists with it.
 func ListsFetcher(tokens Tokens, up Upstream, limiter *limit.Limiter, rate func(string) limit.Rate, policy Policy, maxWait time.Duration) func(ctx context.Context, appid string) (wechat.JumpDomains, error) {
-	if maxWait <= 0 {
-		maxWait = time.Second
-	}
-	if rate == nil {
-		rate = func(string) limit.Rate { return limit.Rate{} }
-	}
-	slot := func(ctx context.Context, appid string) error {
-		if limiter == nil {
-			return nil
-		}
-		res, err := limiter.Reserve(ctx, limit.Request{Platform: appid, Rate: rate(appid), MaxAhead: maxWait, Tolerance: slotTolerance})
-		if err != nil {
-			return err
-		}
-		if !res.OK || res.Wait > maxWait {
-			return &SlotError{Platform: appid, Wait: res.Wait}
-		}
-		return sleepCtx(ctx, res.Wait)
-	}
-	call := func(ctx context.Context, appid, tok string) (wechat.JumpDomains, error) {
-		if err := slot(ctx, appid); err != nil {
-			return wechat.JumpDomains{}, err
-		}
+	return fleetCall(tokens, limiter, rate, policy, maxWait, "modify_wxa_jump_domain (get)", func(ctx context.Context, tok string) (wechat.JumpDomains, error) {
 		return up.ModifyJumpDomain(ctx, tok, wechat.JumpDomainChange{Action: wechat.ActionGet})
-	}
-	return func(ctx context.Context, appid string) (wechat.JumpDomains, error) {
-		tok, err := tokens.Token(ctx, appid)
-		if err != nil {
-			return wechat.JumpDomains{}, err
-		}
-		l, err := call(ctx, appid, tok)
-		if policy.Classify(err).Kind == KindRefreshToken {
-			if err := tokens.Invalidate(ctx, appid, tok); err != nil {
-				return wechat.JumpDomains{}, err
-			}
-			if tok, err = tokens.Token(ctx, appid); err != nil {
-				return wechat.JumpDomains{}, err
-			}
-			l, err = call(ctx, appid, tok)
-		}
-		if err != nil {
-			return wechat.JumpDomains{}, fmt.Errorf("modify_wxa_jump_domain (get): %w", err)
-		}
-		return l, nil
-	}
+	})
 }
 
 // ListsOf adapts a lists fetcher to what the rollout service reads

@@ -33,49 +33,14 @@ type ConfirmFileUpstream interface {
 // limit (limiter may be nil), a refused token dropped and the call made
 // once more, as every call is.
 func ConfirmFileFetcher(tokens Tokens, up ConfirmFileUpstream, limiter *limit.Limiter, rate func(string) limit.Rate, policy Policy, maxWait time.Duration) preflight.FetchFunc {
-	if maxWait <= 0 {
-		maxWait = time.Second
-	}
-	slot := func(ctx context.Context, appid string) error {
-		if limiter == nil {
-			return nil
-		}
-		res, err := limiter.Reserve(ctx, limit.Request{Platform: appid, Rate: rate(appid), MaxAhead: maxWait, Tolerance: slotTolerance})
-		if err != nil {
-			return err
-		}
-		if !res.OK || res.Wait > maxWait {
-			return &SlotError{Platform: appid, Wait: res.Wait}
-		}
-		return sleepCtx(ctx, res.Wait)
-	}
-	call := func(ctx context.Context, appid, tok string) (wechat.ConfirmFile, error) {
-		if err := slot(ctx, appid); err != nil {
-			return wechat.ConfirmFile{}, err
-		}
-		return up.DomainConfirmFile(ctx, tok)
-	}
+	fetch := fleetCall(tokens, limiter, rate, policy, maxWait, "get_domain_confirmfile", up.DomainConfirmFile)
 	return func(ctx context.Context, appid string) (string, string, error) {
-		tok, err := tokens.Token(ctx, appid)
+		f, err := fetch(ctx, appid)
 		if err != nil {
-			return "", "", err
-		}
-		f, err := call(ctx, appid, tok)
-		if policy.Classify(err).Kind == KindRefreshToken {
-			if err := tokens.Invalidate(ctx, appid, tok); err != nil {
-				return "", "", err
-			}
-			if tok, err = tokens.Token(ctx, appid); err != nil {
-				return "", "", err
-			}
-			f, err = call(ctx, appid, tok)
-		}
-		if err != nil {
-			err = fmt.Errorf("get_domain_confirmfile: %w", err)
-			if policy.Classify(err).Kind == KindFail {
+			if d := policy.Classify(err); d.Kind == KindFail {
 				// Refused for good (an errcode with no remedy, an
 				// upstream without the API): remembered for a while.
-				return "", "", &preflight.UnavailableError{Reason: policy.Classify(err).Reason, Err: err}
+				return "", "", &preflight.UnavailableError{Reason: d.Reason, Err: err}
 			}
 			return "", "", err
 		}

@@ -3,14 +3,11 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -221,56 +218,20 @@ func (a *app) rolloutCommand() *cobra.Command {
 	failures := &cobra.Command{
 		Use: "failures ROLLOUT_ID [--csv]", Short: "The failed and canceled platforms (what retry runs again) with errcode and reason, and those whose domains failed their preflight", Args: cobra.ExactArgs(1),
 		RunE: withRollouts(func(ctx context.Context, c *rolloutsConn, args []string) error {
-			// What `rollout retry` would run again (failed and canceled),
-			// then what failed its preflight.
-			var all []rollout.Outcome
-			for _, st := range []tasks.Status{tasks.StatusFailed, tasks.StatusCanceled} {
-				cursor := ""
-				for {
-					page, next, err := c.svc.Tasks(ctx, args[0], st, cursor, 1000)
-					if err != nil {
-						return err
-					}
-					all = append(all, page...)
-					if cursor = next; cursor == "" {
-						break
-					}
-				}
-			}
-			// Platforms whose domains failed their preflight are listed
-			// too, whatever their status: in warn mode they were called,
-			// and their domains still need their verification file.
-			pre, err := c.svc.PreflightFailures(ctx, args[0])
+			all, err := c.svc.Failures(ctx, args[0])
 			if err != nil {
 				return err
-			}
-			seen := make(map[string]bool, len(all))
-			for _, o := range all {
-				seen[o.Platform] = true
-			}
-			for _, o := range pre {
-				if !seen[o.Platform] {
-					all = append(all, o)
-				}
 			}
 			switch {
 			case asJSON:
 				return a.printJSON(all)
 			case asCSV:
-				w := csv.NewWriter(a.stdout)
-				// New columns go last: scripts that read the first five by
-				// position keep working.
-				_ = w.Write([]string{"platform", "errcode", "errmsg", "reason", "task_id", "status", "preflight"})
-				for _, o := range all {
-					_ = w.Write([]string{o.Platform, code(o.ErrCode), o.ErrMsg, o.Error, o.TaskID, string(o.Status), preflightFindings(o.Preflight)})
-				}
-				w.Flush()
-				return w.Error()
+				return rollout.WriteFailuresCSV(a.stdout, all)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "PLATFORM\tSTATUS\tERRCODE\tREASON\tPREFLIGHT")
 			for _, o := range all {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Platform, o.Status, code(o.ErrCode), o.Error, preflightFindings(o.Preflight))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", o.Platform, o.Status, o.ErrCodeText(), o.Error, o.PreflightFindings())
 			}
 			return tw.Flush()
 		}),
@@ -290,13 +251,6 @@ func (a *app) printJSON(v any) error {
 	enc := json.NewEncoder(a.stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
-}
-
-func code(c *int) string {
-	if c == nil {
-		return "-"
-	}
-	return strconv.Itoa(*c)
 }
 
 // createRetrying creates a rollout, trying again for d while Redis does
@@ -334,19 +288,6 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-// preflightFindings lists the domains that failed their preflight, with
-// the reasons, sorted.
-func preflightFindings(m map[string]string) string {
-	var out []string
-	for d, why := range m {
-		if why != tasks.PreflightOK {
-			out = append(out, d+": "+why)
-		}
-	}
-	sort.Strings(out)
-	return strings.Join(out, "; ")
 }
 
 func finished(r *rollout.Rollout) int {

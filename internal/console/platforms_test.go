@@ -39,7 +39,7 @@ const (
 // platformsEnv is the real router (the API's auth and same-origin rule
 // around the console) over a miniredis.
 type platformsEnv struct {
-	factor float64 // the pacing factor every platform reports
+	factor   float64 // the pacing factor every platform reports
 	srv      *httptest.Server
 	rb       redistest.Bundle
 	client   *tasks.Client

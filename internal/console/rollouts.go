@@ -3,7 +3,6 @@ package console
 import (
 	"bytes"
 	"context"
-	"encoding/csv"
 	"errors"
 	"fmt"
 	"net/http"
@@ -248,7 +247,7 @@ type roOutcomeRow struct {
 func newRoOutcomeRow(o rollout.Outcome) roOutcomeRow {
 	row := roOutcomeRow{
 		Platform: o.Platform, Status: string(o.Status), Class: "status-" + string(o.Status),
-		ErrCode: roErrcode(o.ErrCode), ErrMsg: o.ErrMsg, Reason: o.Error, Preflight: roPreflightFindings(o.Preflight),
+		ErrCode: roErrcode(o.ErrCode), ErrMsg: o.ErrMsg, Reason: o.Error, Preflight: o.PreflightFindings(),
 		TaskID: o.TaskID, ChangeURL: "/ui/changes/" + url.PathEscape(o.TaskID),
 	}
 	if row.Reason == "" {
@@ -262,19 +261,6 @@ func roErrcode(c *int) string {
 		return ""
 	}
 	return strconv.Itoa(*c)
-}
-
-// roPreflightFindings lists the domains that failed their preflight, with
-// the reason (as the CLI's failures do).
-func roPreflightFindings(m map[string]string) string {
-	var out []string
-	for d, why := range m {
-		if why != tasks.PreflightOK {
-			out = append(out, d+": "+why)
-		}
-	}
-	sort.Strings(out)
-	return strings.Join(out, "; ")
 }
 
 // roFailureGroup gathers the failed platforms of one errcode (Code "":
@@ -581,60 +567,16 @@ func (c *Console) rolloutFailuresCSV(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	ctx := r.Context()
-	var all []rollout.Outcome
-	for _, st := range []tasks.Status{tasks.StatusFailed, tasks.StatusCanceled} {
-		cursor := ""
-		for {
-			page, next, err := c.cfg.Rollouts.Tasks(ctx, id, st, cursor, 1000)
-			if err != nil {
-				c.serviceFailed(w, r, err)
-				return
-			}
-			all = append(all, page...)
-			if cursor = next; cursor == "" {
-				break
-			}
-		}
-	}
-	pre, err := c.cfg.Rollouts.PreflightFailures(ctx, id)
+	all, err := c.cfg.Rollouts.Failures(r.Context(), id)
 	if err != nil {
 		c.serviceFailed(w, r, err)
 		return
 	}
-	seen := make(map[string]bool, len(all))
-	for _, o := range all {
-		seen[o.Platform] = true
-	}
-	for _, o := range pre {
-		if !seen[o.Platform] {
-			all = append(all, o)
-		}
-	}
 	var buf bytes.Buffer
-	cw := csv.NewWriter(&buf)
-	_ = cw.Write([]string{"platform", "errcode", "errmsg", "reason", "task_id", "status", "preflight"})
-	for _, o := range all {
-		code := roErrcode(o.ErrCode)
-		if code == "" {
-			code = "-"
-		}
-		_ = cw.Write([]string{o.Platform, code, roCSVText(o.ErrMsg), roCSVText(o.Error), o.TaskID, string(o.Status), roCSVText(roPreflightFindings(o.Preflight))})
-	}
-	cw.Flush()
+	_ = rollout.WriteFailuresCSV(&buf, all)
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="rollout-`+id+`-failures.csv"`)
 	_, _ = w.Write(buf.Bytes())
-}
-
-// roCSVText keeps a text from outside (WeChat's errmsg, a reason that
-// quotes one) from being read as a formula by a spreadsheet; the
-// errcode, a number such as -1, is left as it is.
-func roCSVText(s string) string {
-	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
-		return "'" + s
-	}
-	return s
 }
 
 // --- cancel and retry: POST, then 303 back to the page with a notice ---

@@ -4,6 +4,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -42,19 +43,25 @@ type Results struct {
 	EnqueueRatio8 float64 `json:"enqueue_ratio_8"`
 	// With WXDOMAIN_REDIS_MIN_REPLICAS=1 against a local replica; 0 when
 	// no redis-server could be started for it.
-	DurableEnqueueRatio1 float64            `json:"durable_enqueue_ratio_1"`
-	DurableEnqueueRatio8 float64            `json:"durable_enqueue_ratio_8"`
-	OverheadRatio        float64            `json:"overhead_ratio"`
-	ThroughputRatio      float64            `json:"throughput_ratio"`
-	LimitRatio           float64            `json:"limit_ratio"`
-	GlobalLimitRatio     float64            `json:"global_limit_ratio"`
-	StormCallsRatio      float64            `json:"storm_calls_ratio"`
-	StormTimeRatio       float64            `json:"storm_time_ratio"`
-	RolloutTimeRatio     float64            `json:"rollout_time_ratio"`
-	WorkerRSSMiB         float64            `json:"worker_rss_mib"`
-	WorkerRSSLoadMiB     float64            `json:"worker_rss_load_mib"`
-	RedisBytesPerRecord  float64            `json:"redis_bytes_per_record"`
-	Raw                  map[string]float64 `json:"raw"`
+	DurableEnqueueRatio1 float64 `json:"durable_enqueue_ratio_1"`
+	DurableEnqueueRatio8 float64 `json:"durable_enqueue_ratio_8"`
+	OverheadRatio        float64 `json:"overhead_ratio"`
+	ThroughputRatio      float64 `json:"throughput_ratio"`
+	LimitRatio           float64 `json:"limit_ratio"`
+	GlobalLimitRatio     float64 `json:"global_limit_ratio"`
+	StormCallsRatio      float64 `json:"storm_calls_ratio"`
+	StormTimeRatio       float64 `json:"storm_time_ratio"`
+	RolloutTimeRatio     float64 `json:"rollout_time_ratio"`
+	WorkerRSSMiB         float64 `json:"worker_rss_mib"`
+	WorkerRSSLoadMiB     float64 `json:"worker_rss_load_mib"`
+	RedisBytesPerRecord  float64 `json:"redis_bytes_per_record"`
+	// Redis commands from enqueue to final record (no rate limit, upstream
+	// answering at once); a pipeline's commands count one each, a script
+	// call one. Independent of the machine's load.
+	RedisCmdsPerChange        float64            `json:"redis_cmds_per_change"`
+	RedisCmdsPerTaskRaw       float64            `json:"redis_cmds_per_task_raw"`
+	RedisCmdsPerRolloutChange float64            `json:"redis_cmds_per_rollout_change"`
+	Raw                       map[string]float64 `json:"raw"`
 }
 
 // Run measures everything against the Redis at url, in its own key space.
@@ -91,6 +98,7 @@ func Run(ctx context.Context, url string, progress io.Writer) (*Results, error) 
 		{"busy storm", func(e *env) error { return e.storm(r) }},
 		{"rollout", func(e *env) error { return e.rollout(r) }},
 		{"memory", func(e *env) error { return e.memory(r) }},
+		{"redis commands", func(e *env) error { return e.commands(r) }},
 	} {
 		if err := step(s.name, s.fn); err != nil {
 			return r, fmt.Errorf("%s: %w", s.name, err)
@@ -109,6 +117,8 @@ type env struct {
 	srv     *httptest.Server
 	wc      *wechat.Client
 	apps    []string
+	// poll, when set, is the worker's poll interval (default 20ms).
+	poll time.Duration
 }
 
 func newEnv(ctx context.Context, rdb *redis.Client) (*env, error) {
@@ -186,7 +196,7 @@ func (e *env) startWorkerWith(concurrency int, rate func(string) limit.Rate, glo
 	go func() {
 		defer wg.Done()
 		_ = worker.Run(ctx, e.rdb, worker.ServerConfig{
-			Concurrency: concurrency, Waiting: 100, Queues: map[string]int{e.queue: 1}, ShutdownTimeout: 10 * time.Second, PollInterval: 20 * time.Millisecond,
+			Concurrency: concurrency, Waiting: 100, Queues: map[string]int{e.queue: 1}, ShutdownTimeout: 10 * time.Second, PollInterval: cmp.Or(e.poll, 20*time.Millisecond),
 			Handlers: handlers,
 		}, h, log)
 	}()
@@ -659,6 +669,9 @@ func (r *Results) Markdown() string {
 		{"worker RSS at rest (MiB)", "", r.WorkerRSSMiB, "%.0f"},
 		{"worker RSS under load (MiB)", "", r.WorkerRSSLoadMiB, "%.0f"},
 		{"Redis bytes per finished record", "≤ 2048", r.RedisBytesPerRecord, "%.0f"},
+		{"Redis commands per change, enqueue to record", "≤ 2× raw", r.RedisCmdsPerChange, "%.1f"},
+		{"Redis commands per raw asynq task (no-op handler)", "", r.RedisCmdsPerTaskRaw, "%.1f"},
+		{"Redis commands per rollout change, fan-out included", "≤ per change", r.RedisCmdsPerRolloutChange, "%.1f"},
 	}
 	var b strings.Builder
 	b.WriteString("| measure | value | target |\n|---|---|---|\n")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/wxdomain/wxdomain/tasks"
 )
@@ -124,20 +123,11 @@ func (s *Service) ensurePlan(ctx context.Context, change tasks.JumpDomainChange,
 	}
 	sum.ReadLists, sum.Note = true, ensureReadNote
 	sum.Steps = make([]EnsureStep, len(platforms))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, planParallel)
-	for i, p := range platforms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			c := change
-			c.Platform = p
-			sum.Steps[i] = s.ensureStep(ctx, c)
-		}()
-	}
-	wg.Wait()
+	eachPlatform(platforms, func(i int, p string) {
+		c := change
+		c.Platform = p
+		sum.Steps[i] = s.ensureStep(ctx, c)
+	})
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}

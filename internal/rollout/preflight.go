@@ -78,19 +78,10 @@ func (s *Service) preflightPlan(ctx context.Context, change tasks.JumpDomainChan
 		err error
 	}
 	results := make([]result, len(platforms))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, planParallel)
-	for i, p := range platforms {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			rep, err := s.cfg.Preflight.Run(ctx, p, change.Domains, false)
-			results[i] = result{rep, err}
-		}()
-	}
-	wg.Wait()
+	eachPlatform(platforms, func(i int, p string) {
+		rep, err := s.cfg.Preflight.Run(ctx, p, change.Domains, false)
+		results[i] = result{rep, err}
+	})
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -141,4 +132,26 @@ func (s *Service) preflightPlan(ctx context.Context, change tasks.JumpDomainChan
 		return a.Result < b.Result
 	})
 	return sum, nil
+}
+
+// eachPlatform runs fn for every platform of a dry run, planParallel at
+// once (a few workers, however many platforms), and returns when all
+// are done.
+func eachPlatform(platforms []string, fn func(i int, appid string)) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(planParallel, len(platforms)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				fn(i, platforms[i])
+			}
+		}()
+	}
+	for i := range platforms {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 }

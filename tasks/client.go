@@ -248,7 +248,9 @@ func (c *Client) enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 	}
 	// Record and task are written at once, halving the wait: a worker that
 	// takes the task before its record lands creates the record from the
-	// payload, and a record whose task failed to enqueue is removed.
+	// payload, and a record whose task failed to enqueue is removed. Its
+	// time is set first: the task carries it.
+	rec.stamp(c.store.now().UTC())
 	created := make(chan error, 1)
 	go func() {
 		_, err := c.store.Create(ctx, rec)
@@ -384,7 +386,7 @@ func (c *Client) enqueueTask(ctx context.Context, rec *Record, opts EnqueueOptio
 	if !opts.ProcessAt.IsZero() {
 		aopts = append(aopts, asynq.ProcessAt(opts.ProcessAt))
 	}
-	task, err := NewJumpDomainTask(rec.Change(), aopts...)
+	task, err := newRecordTask(rec, aopts...)
 	if err != nil {
 		return err
 	}

@@ -91,6 +91,22 @@ type Record struct {
 	// Replayed is true when Enqueue found an earlier submission with the
 	// same idempotency key and returned its record.
 	Replayed bool `json:"-"`
+
+	// stored is the record's JSON as last read or written by the store:
+	// an update from it needs no read first (see Store.UpdateFrom).
+	stored []byte
+}
+
+// stamp dates a new record: created, updated and its first event at
+// the same moment (the record a task's payload can rebuild, QueuedRecord).
+func (r *Record) stamp(now time.Time) {
+	if r.CreatedAt.IsZero() {
+		r.CreatedAt = now
+	}
+	r.UpdatedAt = r.CreatedAt
+	if len(r.Events) == 0 {
+		r.addEvent(r.event(r.CreatedAt))
+	}
 }
 
 // Change is the change the record describes.
@@ -185,19 +201,13 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("decode record %s: %w", id, err)
 	}
+	r.stored = b
 	return &r, nil
 }
 
 // Create writes a new record unless one exists; it reports whether it wrote.
 func (s *Store) Create(ctx context.Context, r *Record) (bool, error) {
-	now := s.now().UTC()
-	if r.CreatedAt.IsZero() {
-		r.CreatedAt = now
-	}
-	r.UpdatedAt = now
-	if len(r.Events) == 0 {
-		r.addEvent(r.event(now))
-	}
+	r.stamp(s.now().UTC())
 	b, err := json.Marshal(r)
 	if err != nil {
 		return false, fmt.Errorf("encode record %s: %w", r.TaskID, err)
@@ -205,6 +215,9 @@ func (s *Store) Create(ctx context.Context, r *Record) (bool, error) {
 	ok, err := s.rdb.SetNX(ctx, s.key(r.TaskID), b, s.ttl).Result()
 	if err != nil {
 		return false, fmt.Errorf("write record %s: %w", r.TaskID, err)
+	}
+	if ok {
+		r.stored = b
 	}
 	return ok, nil
 }
@@ -237,13 +250,7 @@ func (s *Store) createForRollout(ctx context.Context, rollout string, attempt in
 	keys = append(keys, RolloutKey(s.prefix, rollout))
 	args = append(args, attempt, s.ttl.Milliseconds())
 	for _, r := range recs {
-		if r.CreatedAt.IsZero() {
-			r.CreatedAt = now
-		}
-		r.UpdatedAt = now
-		if len(r.Events) == 0 {
-			r.addEvent(r.event(now))
-		}
+		r.stamp(now)
 		b, err := json.Marshal(r)
 		if err != nil {
 			return nil, fmt.Errorf("encode record %s: %w", r.TaskID, err)
@@ -263,6 +270,9 @@ func (s *Store) createForRollout(ctx context.Context, rollout string, attempt in
 	for i := range created {
 		n, _ := list[i].(int64)
 		created[i] = n == 1
+		if created[i] {
+			recs[i].stored, _ = json.Marshal(recs[i])
+		}
 	}
 	return created, nil
 }
@@ -274,12 +284,20 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 
 // Update applies fn to the record atomically: it reads the record, applies
 // fn and writes the result only if the record did not change meanwhile
-// (compare-and-set in one script, retried on conflict), moving the
-// record's rollout platform in the same step. A final record is never
-// changed: fn is not called and the current record is returned with
-// ErrFinal. fn may return an error to abort without writing.
+// (compare-and-set in one script, which hands back the record as it is
+// when it changed, and is retried with it), moving the record's rollout
+// platform in the same step. A final record is never changed: fn is not
+// called and the current record is returned with ErrFinal. fn may return
+// an error to abort without writing.
 func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (*Record, error) {
-	return s.update(ctx, id, "", fn)
+	return s.update(ctx, id, updateFrom{}, fn)
+}
+
+// UpdateFrom is Update starting from a record this store read or wrote
+// (Get, Create, an earlier update): when the record is still that, the
+// update is one script call, no read first.
+func (s *Store) UpdateFrom(ctx context.Context, rec *Record, fn func(*Record) error) (*Record, error) {
+	return s.update(ctx, rec.TaskID, updateFrom{expect: rec.stored}, fn)
 }
 
 // ErrRolloutChanged is returned by UpdateIfRollout when the record's
@@ -289,27 +307,85 @@ var ErrRolloutChanged = errors.New("the rollout's status changed")
 // UpdateIfRollout is Update, done only while the record's rollout is in a
 // status (canceled, say), in the same step; else ErrRolloutChanged.
 func (s *Store) UpdateIfRollout(ctx context.Context, id, rolloutStatus string, fn func(*Record) error) (*Record, error) {
-	return s.update(ctx, id, rolloutStatus, fn)
+	return s.update(ctx, id, updateFrom{rolloutStatus: rolloutStatus}, fn)
 }
 
-func (s *Store) update(ctx context.Context, id, rolloutStatus string, fn func(*Record) error) (*Record, error) {
+// ErrRolloutStopping is returned by Start for a rollout change whose
+// rollout was canceled, or retried since by another attempt that owns
+// its platform now: nothing was written.
+var ErrRolloutStopping = errors.New("its rollout was canceled or retried")
+
+// Start is the update a worker makes as a change starts. queued is the
+// record as its producer wrote it, rebuilt from the task (QueuedRecord;
+// nil if the task does not tell): while the record is still that, the
+// update is one script call, and a record missing (its producer's write
+// not landed yet, or expired) is written from it. A rollout change's
+// update is refused with ErrRolloutStopping, in the same step, when its
+// rollout was canceled or its platform belongs to a later attempt.
+func (s *Store) Start(ctx context.Context, id string, queued *Record, fn func(*Record) error) (*Record, error) {
+	u := updateFrom{guard: true}
+	if queued != nil {
+		b, err := json.Marshal(queued)
+		if err != nil {
+			return nil, fmt.Errorf("encode record %s: %w", id, err)
+		}
+		u.expect, u.create = b, true
+	}
+	return s.update(ctx, id, u, fn)
+}
+
+// updateFrom is where an update starts.
+type updateFrom struct {
+	// expect is the record as it is believed to stand; nil: read it.
+	expect []byte
+	// create: a missing record is written from expect.
+	create bool
+	// rolloutStatus, if set, is the status the record's rollout must
+	// have (ErrRolloutChanged).
+	rolloutStatus string
+	// guard refuses the update of a stopped rollout's change
+	// (ErrRolloutStopping).
+	guard bool
+}
+
+func (s *Store) update(ctx context.Context, id string, u updateFrom, fn func(*Record) error) (*Record, error) {
 	key := s.key(id)
-	for i := 0; i < 50; i++ {
-		b, err := s.rdb.Get(ctx, key).Bytes()
+	b := u.expect
+	if b == nil {
+		var err error
+		b, err = s.rdb.Get(ctx, key).Bytes()
 		if errors.Is(err, redis.Nil) {
 			return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, id)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("update record %s: %w", id, err)
 		}
+		u.create = false
+	}
+	for i := 0; i < 50; i++ {
 		var r Record
 		if err := json.Unmarshal(b, &r); err != nil {
 			return nil, fmt.Errorf("decode record %s: %w", id, err)
 		}
+		r.stored = b
 		if r.Status.Final() {
-			// Final already: confirmed before anyone relies on it (a
+			// Final already (as read, or as believed: the script says
+			// otherwise below): confirmed before anyone relies on it (a
 			// change run again after its final write was not confirmed).
-			if err := s.dur.confirm(ctx, s.rdb, s.prefix, "the record of "+id, readBack{values: []string{key}, ok: func(_ []bool, v []string) bool { return v[0] == string(b) }}); err != nil {
+			if u.expect != nil && i == 0 {
+				cur, err := s.rdb.Get(ctx, key).Bytes()
+				switch {
+				case errors.Is(err, redis.Nil):
+					return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, id)
+				case err != nil:
+					return nil, fmt.Errorf("update record %s: %w", id, err)
+				case string(cur) != string(b):
+					b, u.create = cur, false
+					continue
+				}
+			}
+			final := string(b)
+			if err := s.dur.confirm(ctx, s.rdb, s.prefix, "the record of "+id, readBack{values: []string{key}, ok: func(_ []bool, v []string) bool { return v[0] == final }}); err != nil {
 				return &r, err
 			}
 			return &r, ErrFinal
@@ -351,16 +427,30 @@ func (s *Store) update(ctx context.Context, id, rolloutStatus string, fn func(*R
 			lb, _ := json.Marshal(PlatformLists{Testing: *r.TestingDomains, Published: r.PublishedDomains, ReadAt: now, TaskID: id})
 			lists = string(lb)
 		}
-		ok, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, rolloutStatus, flag(r.PreflightFailed()), lists).Int()
+		guard := ""
+		if u.guard && appid != "" && attempt != "" {
+			guard = "1"
+		}
+		res, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, u.rolloutStatus, flag(r.PreflightFailed()), lists, flag(u.create), guard).Result()
 		if err != nil {
 			return &r, fmt.Errorf("update record %s: %w", id, err)
 		}
-		if ok == 0 {
-			continue // changed since it was read
+		switch v := res.(type) {
+		case string:
+			// Changed since it was read: the script handed it back.
+			b, u.create = []byte(v), false
+			continue
+		case int64:
+			switch v {
+			case -1:
+				return nil, ErrRolloutChanged
+			case -2:
+				return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, id)
+			case -3:
+				return nil, ErrRolloutStopping
+			}
 		}
-		if ok < 0 {
-			return nil, ErrRolloutChanged
-		}
+		r.stored = nb
 		if r.Status.Final() {
 			if err := s.dur.confirm(ctx, s.rdb, s.prefix, "the record of "+id, readBack{values: []string{key}, ok: func(_ []bool, v []string) bool { return v[0] == string(nb) }}); err != nil {
 				return &r, err

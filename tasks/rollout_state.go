@@ -116,10 +116,24 @@ return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 // status, now, attempt, rollout status required, preflight failed ("1"
 // or "0"): a platform that moved is counted among the rollout's
 // preflight failures as its latest record says; then the platform's
-// lists (KEYS[5]) when ARGV[10] holds them.
+// lists (KEYS[5]) when ARGV[10] holds them; ARGV[11] "1": a missing
+// record is taken to be the old JSON; ARGV[12] "1": refused (-3) while
+// the rollout is canceled or a later attempt owns the platform.
+// Returns 1 when written; the record as it stands when it is not the old
+// JSON; -1 when the rollout is not in the status required; -2 when the
+// record is missing; -3 when refused by ARGV[12].
 var casRecord = redis.NewScript(transitionLua + `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local cur = redis.call('GET', KEYS[1])
+if cur ~= ARGV[1] then
+  if cur then return cur end
+  if ARGV[11] ~= '1' then return -2 end
+end
 if ARGV[8] and ARGV[8] ~= '' and redis.call('HGET', KEYS[4], 'status') ~= ARGV[8] then return -1 end
+if ARGV[12] == '1' then
+  if redis.call('HGET', KEYS[4], 'status') == 'canceled' then return -3 end
+  local owner = redis.call('HGET', KEYS[4] .. ':owner', ARGV[4])
+  if owner and tonumber(owner) > tonumber(ARGV[7]) then return -3 end
+end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if ARGV[10] and ARGV[10] ~= '' then redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[3]) end
 if ARGV[4] ~= '' and transition(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARGV[6], ARGV[7]) == 1 then

@@ -220,13 +220,60 @@ func NewJumpDomainTask(c JumpDomainChange, opts ...asynq.Option) (*asynq.Task, e
 	if err != nil {
 		return nil, fmt.Errorf("encode change: %w", err)
 	}
-	defaults := []asynq.Option{
+	return asynq.NewTask(TypeJumpDomain, payload, append(taskDefaults(), opts...)...), nil
+}
+
+func taskDefaults() []asynq.Option {
+	return []asynq.Option{
 		asynq.Queue(QueueDefault),
 		asynq.Timeout(DefaultTimeout),
 		asynq.Retention(DefaultRetention),
 		asynq.MaxRetry(asynqMaxRetry),
 	}
-	return asynq.NewTask(TypeJumpDomain, payload, append(defaults, opts...)...), nil
+}
+
+// taskPayload is the payload of a task wxdomain queues: the change, and
+// when its record was written, from which a worker rebuilds the record as
+// its producer wrote it (QueuedRecord) and starts it in one step.
+type taskPayload struct {
+	JumpDomainChange
+	QueuedAt *time.Time `json:"queued_at,omitempty"`
+}
+
+// newRecordTask is the task of a record about to be queued.
+func newRecordTask(rec *Record, opts ...asynq.Option) (*asynq.Task, error) {
+	p := taskPayload{JumpDomainChange: rec.Change()}
+	if !rec.CreatedAt.IsZero() {
+		at := rec.CreatedAt
+		p.QueuedAt = &at
+	}
+	payload, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("encode change: %w", err)
+	}
+	return asynq.NewTask(TypeJumpDomain, payload, append(taskDefaults(), opts...)...), nil
+}
+
+// ParseTask decodes a task payload: the change, and when its record was
+// written (zero when the producer did not say).
+func ParseTask(payload []byte) (JumpDomainChange, time.Time, error) {
+	var p taskPayload
+	if err := json.Unmarshal(payload, &p); err != nil {
+		return p.JumpDomainChange, time.Time{}, fmt.Errorf("decode %s payload: %w", TypeJumpDomain, err)
+	}
+	var at time.Time
+	if p.QueuedAt != nil {
+		at = p.QueuedAt.UTC()
+	}
+	return p.JumpDomainChange, at, nil
+}
+
+// QueuedRecord is the record of a validated change as its producer wrote
+// it at the time the task says (ParseTask).
+func QueuedRecord(id string, change JumpDomainChange, queue string, at time.Time) *Record {
+	r := NewRecord(id, change, queue)
+	r.stamp(at)
+	return r
 }
 
 // ParseJumpDomainChange decodes a task payload.

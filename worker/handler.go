@@ -4,7 +4,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -200,7 +199,7 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("task id is not in wxdomain's form: %w", asynq.SkipRetry)
 	}
 	queue, _ := asynq.GetQueueName(ctx)
-	change, err := tasks.ParseJumpDomainChange(t.Payload())
+	change, queuedAt, err := tasks.ParseTask(t.Payload())
 	if err == nil {
 		// Producers validate, but a bare asynq producer may not: nothing
 		// unchecked reaches a Redis key or WeChat.
@@ -228,11 +227,8 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 		return fmt.Errorf("%v: %w", err, asynq.SkipRetry)
 	}
 
-	if change.RolloutID != "" {
-		if stop, err := h.rolloutStopped(ctx, id, queue, change); stop || err != nil {
-			return err
-		}
-	}
+	// A rollout change of a canceled or retried rollout is stopped as it
+	// starts (begin), in the same step, or as it would wait.
 	if paused, err := h.checkPause(ctx, id, queue, change); paused || err != nil {
 		return err
 	}
@@ -265,18 +261,19 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 		}
 	}
 	if waited > 0 {
-		if change.RolloutID != "" {
-			if stop, err := h.rolloutStopped(ctx, id, queue, change); stop || err != nil {
-				return err
-			}
-		}
 		// The platform may have been paused while this task waited.
 		if paused, err := h.checkPause(ctx, id, queue, change); paused || err != nil {
 			return err
 		}
 	}
-	rec, err := h.begin(ctx, id, queue, change, pf)
+	var queued *tasks.Record
+	if !queuedAt.IsZero() {
+		queued = tasks.QueuedRecord(id, change, queue, queuedAt)
+	}
+	rec, stopped, err := h.begin(ctx, id, queue, change, queued, pf)
 	switch {
+	case stopped:
+		return err
 	case errors.Is(err, tasks.ErrFinal):
 		return nil // already done by an earlier run (at-least-once delivery)
 	case err != nil:
@@ -288,7 +285,7 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 	}
 
 	res, note, pf, err := h.call(ctx, id, change, pf)
-	return h.finish(ctx, rec, res, note, pf, err, t.ResultWriter())
+	return h.finish(ctx, rec, res, note, pf, err)
 }
 
 // rolloutStopped ends a rollout change that must not run: its rollout was
@@ -533,9 +530,12 @@ func (h *Handler) release(ctx context.Context, id, appid string) error {
 	return h.limiter.Release(ctx, appid, callHolders(id)...)
 }
 
-// begin marks the record running and counts the attempt; it creates the
-// record if the task was enqueued without one.
-func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.JumpDomainChange, pf *checked) (*tasks.Record, error) {
+// begin marks the record running and counts the attempt, in one script
+// call when the record is as its producer wrote it (queued, rebuilt from
+// the task); it creates the record if the task was enqueued without one.
+// A change of a canceled or retried rollout is stopped instead (stopped,
+// with what asynq is to be told).
+func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.JumpDomainChange, queued *tasks.Record, pf *checked) (rec *tasks.Record, stopped bool, err error) {
 	update := func(r *tasks.Record) error {
 		switch {
 		case r.CancelRequested:
@@ -555,7 +555,23 @@ func (h *Handler) begin(ctx context.Context, id, queue string, change tasks.Jump
 		}
 		return nil
 	}
-	return h.updateOrCreate(ctx, id, queue, change, update)
+	for try := 0; ; try++ {
+		rec, err = h.store.Start(ctx, id, queued, update)
+		switch {
+		case errors.Is(err, tasks.ErrTaskNotFound) && queued == nil && try == 0:
+			// Enqueued by a bare asynq producer, or its record expired.
+			if _, err := h.store.Create(ctx, tasks.NewRecord(id, change, queue)); err != nil {
+				return nil, false, err
+			}
+			continue
+		case errors.Is(err, tasks.ErrRolloutStopping) && try < 3:
+			if stop, err := h.rolloutStopped(ctx, id, queue, change); stop || err != nil {
+				return nil, true, err
+			}
+			continue // its rollout moved on meanwhile (retried): look again
+		}
+		return rec, false, err
+	}
 }
 
 // updateOrCreate updates a task's record, creating it first if the task
@@ -710,7 +726,7 @@ func (h *Handler) modify(ctx context.Context, appid, holder, tok string, req wec
 }
 
 // finish records the outcome and tells asynq what to do next.
-func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, note string, pf *checked, callErr error, rw *asynq.ResultWriter) error {
+func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, note string, pf *checked, callErr error) error {
 	log := h.log.With(zap.String("task_id", rec.TaskID), zap.String("platform", rec.Platform), zap.String("action", string(rec.Action)))
 	var pe *PreflightError
 	if errors.As(callErr, &pe) {
@@ -735,7 +751,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
 	defer cancel()
 	if callErr == nil {
-		done, err := h.updateRetrying(ctx, rec.TaskID, func(r *tasks.Record) error {
+		_, err := h.updateRetrying(ctx, rec, func(r *tasks.Record) error {
 			applyAnswer(r, res)
 			r.Note = note
 			if pf != nil {
@@ -750,17 +766,8 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		if err != nil && !errors.Is(err, tasks.ErrFinal) {
 			return err
 		}
-		if err == nil && rw != nil {
-			// A summary for the asynq UI's completed tasks; the record
-			// stays the source of truth, so a failed write is no failure.
-			b, _ := json.Marshal(struct {
-				Status    tasks.Status `json:"status"`
-				Testing   *[]string    `json:"testing_domains,omitempty"`
-				Published *[]string    `json:"published_domains,omitempty"`
-				Invalid   []string     `json:"invalid_domains,omitempty"`
-			}{done.Status, done.TestingDomains, done.PublishedDomains, done.InvalidDomains})
-			_, _ = rw.Write(b)
-		}
+		// No summary is written to asynq's task (ResultWriter): it cost a
+		// Redis command per change, and the record says it all.
 		log.Debug("change applied", zap.Int("invalid_domains", len(res.Invalid)))
 		return nil
 	}
@@ -777,7 +784,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		})
 	}
 	var next time.Duration
-	updated, err := h.updateRetrying(ctx, rec.TaskID, func(r *tasks.Record) error {
+	updated, err := h.updateRetrying(ctx, rec, func(r *tasks.Record) error {
 		r.Error = d.Reason
 		if d.APIErr != nil {
 			code := d.APIErr.Code
@@ -819,10 +826,10 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 // retry) lands too. asynq v0.26 makes that move once, under a context
 // already canceled, and a move lost leaves the change shown running until
 // asynq's recoverer takes it back, minutes later.
-func (h *Handler) updateRetrying(ctx context.Context, id string, fn func(*tasks.Record) error) (*tasks.Record, error) {
+func (h *Handler) updateRetrying(ctx context.Context, from *tasks.Record, fn func(*tasks.Record) error) (*tasks.Record, error) {
 	delay := 100 * time.Millisecond
 	for {
-		rec, err := h.store.Update(ctx, id, fn)
+		rec, err := h.store.UpdateFrom(ctx, from, fn)
 		if !tasks.RedisUnavailable(err) || ctx.Err() != nil {
 			return rec, err
 		}
@@ -926,6 +933,12 @@ const recordWriteTimeout = 20 * time.Second
 func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.JumpDomainChange, d deferral) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
 	defer cancel()
+	if change.RolloutID != "" {
+		// A change of a canceled or retried rollout stops rather than waits.
+		if stop, err := h.rolloutStopped(ctx, id, queue, change); stop || err != nil {
+			return err
+		}
+	}
 	if d.resumable {
 		// A change waiting for a pause holds no call slot meanwhile.
 		if err := h.release(ctx, id, change.Platform); err != nil {
@@ -937,7 +950,7 @@ func (h *Handler) deferTask(ctx context.Context, id, queue string, change tasks.
 		if err := h.pauses.AddDeferred(ctx, change.Platform, pause.Deferred{TaskID: id, Queue: queue}); err != nil {
 			return err
 		}
-		p, paused, err := h.pauses.Get(ctx, change.Platform)
+		p, paused, err := h.pauses.Read(ctx, change.Platform)
 		switch {
 		case err != nil:
 			return err

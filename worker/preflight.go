@@ -170,6 +170,12 @@ func (h *Handler) preflightChange(ctx context.Context, id, queue string, change 
 func (h *Handler) failPreflight(ctx context.Context, id, queue string, change tasks.JumpDomainChange, pe *PreflightError) error {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
 	defer cancel()
+	if change.RolloutID != "" {
+		// A change of a canceled or retried rollout stops rather than fails.
+		if stop, err := h.rolloutStopped(wctx, id, queue, change); stop || err != nil {
+			return err
+		}
+	}
 	_, err := h.updateOrCreate(wctx, id, queue, change, func(r *tasks.Record) error {
 		r.Status, r.Error = tasks.StatusFailed, pe.Reason
 		if pe.Reasons != nil {

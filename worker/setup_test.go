@@ -158,7 +158,10 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	if o.files != nil {
 		pf = b.newPreflight(tokens, limiter, o.files)
 	}
-	h := worker.NewHandler(b.store, tokens, b.wc, b.pauses, limiter, worker.Config{
+	// Each worker is a process of its own: its pauses are kept in its
+	// memory while it follows the fleet's pause changes.
+	pauses := pause.NewStore(b.redis.Client, b.redis.Prefix)
+	h := worker.NewHandler(b.store, tokens, b.wc, pauses, limiter, worker.Config{
 		Preflight: pf, PreflightDefault: o.preflightMode,
 		RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute,
 		Rate:    rate,
@@ -167,11 +170,9 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	}, b.log)
 	wctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		tokens.Watch(wctx)
-	}()
+	var watched sync.WaitGroup
+	watched.Go(func() { tokens.Watch(wctx) })
+	watched.Go(func() { pauses.Watch(wctx) })
 	go func() {
 		done <- worker.Run(wctx, b.redis.Client, worker.ServerConfig{
 			Concurrency: o.concurrency, Waiting: 100, Queues: map[string]int{b.redis.Queue: 2, b.redis.Queue + "_bulk": 1},
@@ -183,7 +184,7 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 		once.Do(func() {
 			cancel()
 			require.NoError(t, <-done)
-			<-watched
+			watched.Wait()
 			tokens.Drain()
 		})
 	}

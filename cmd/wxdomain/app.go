@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -517,20 +518,18 @@ func serverConfig(cfg config.Config) worker.ServerConfig {
 	}
 }
 
-// run processes changes until ctx ends; tokens are kept in memory while
-// the fleet's token changes are followed.
+// run processes changes until ctx ends; tokens and pauses are kept in
+// memory while the fleet's changes to them are followed.
 func (f *fleet) run(ctx context.Context, sc worker.ServerConfig) error {
 	sc.Handlers = map[string]asynq.Handler{rollout.TypeFanout: f.rollouts}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		f.tokens.Watch(wctx)
-	}()
+	var watched sync.WaitGroup
+	watched.Go(func() { f.tokens.Watch(wctx) })
+	watched.Go(func() { f.pauses.Watch(wctx) })
 	err := worker.Run(ctx, f.rdb, sc, f.handler, f.log)
 	cancel()
-	<-watched
+	watched.Wait()
 	f.tokens.Drain()
 	return err
 }

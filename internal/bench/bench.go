@@ -58,14 +58,20 @@ type Results struct {
 	// Redis commands from enqueue to final record (no rate limit, upstream
 	// answering at once); a pipeline's commands count one each, a script
 	// call one. Independent of the machine's load.
-	RedisCmdsPerChange        float64            `json:"redis_cmds_per_change"`
-	RedisCmdsPerTaskRaw       float64            `json:"redis_cmds_per_task_raw"`
-	RedisCmdsPerRolloutChange float64            `json:"redis_cmds_per_rollout_change"`
-	Raw                       map[string]float64 `json:"raw"`
+	RedisCmdsPerChange        float64 `json:"redis_cmds_per_change"`
+	RedisCmdsPerTaskRaw       float64 `json:"redis_cmds_per_task_raw"`
+	RedisCmdsPerRolloutChange float64 `json:"redis_cmds_per_rollout_change"`
+	// RedisCmdsSplit is the commands per change by side and kind
+	// ("change.worker.record": the worker's record writes of a single
+	// change).
+	RedisCmdsSplit map[string]float64 `json:"redis_cmds_split"`
+	Raw            map[string]float64 `json:"raw"`
 }
 
 // Run measures everything against the Redis at url, in its own key space.
-func Run(ctx context.Context, url string, progress io.Writer) (*Results, error) {
+// only, when not empty, runs only the measurements whose name contains it
+// (WXBENCH_ONLY="redis commands").
+func Run(ctx context.Context, url, only string, progress io.Writer) (*Results, error) {
 	opt, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, err
@@ -100,6 +106,9 @@ func Run(ctx context.Context, url string, progress io.Writer) (*Results, error) 
 		{"memory", func(e *env) error { return e.memory(r) }},
 		{"redis commands", func(e *env) error { return e.commands(r) }},
 	} {
+		if !strings.Contains(s.name, only) {
+			continue
+		}
 		if err := step(s.name, s.fn); err != nil {
 			return r, fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -185,14 +194,16 @@ func (e *env) startWorkerWith(concurrency int, rate func(string) limit.Rate, glo
 	if rate != nil || global.PerSecond > 0 {
 		limiter = limit.New(e.rdb, e.prefix, global, limit.Pacing{})
 	}
-	h := worker.NewHandler(tasks.NewStore(e.rdb, e.prefix, time.Hour), tokens, e.wc, pause.NewStore(e.rdb, e.prefix), limiter, worker.Config{
+	pauses := pause.NewStore(e.rdb, e.prefix)
+	h := worker.NewHandler(tasks.NewStore(e.rdb, e.prefix, time.Hour), tokens, e.wc, pauses, limiter, worker.Config{
 		RetryBase: 20 * time.Millisecond, RetryMax: 200 * time.Millisecond, MaxAttempts: 20, Rate: rate, Lead: 100 * time.Millisecond,
 		Concurrency: concurrency, // the same work at once as raw asynq's
 	}, log)
 	ctx, cancel := context.WithCancel(e.ctx)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); tokens.Watch(ctx) }()
+	go func() { defer wg.Done(); pauses.Watch(ctx) }()
 	go func() {
 		defer wg.Done()
 		_ = worker.Run(ctx, e.rdb, worker.ServerConfig{

@@ -2,7 +2,11 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,22 +21,105 @@ import (
 // counter counts what a Redis client sends: round trips (a pipeline is
 // one) and commands (a script call is one). These do not depend on the
 // machine's load, so they are the figure to drive down.
-type counter struct{ trips, cmds atomic.Int64 }
+type counter struct {
+	trips, cmds atomic.Int64
+	mu          sync.Mutex
+	kinds       map[string]int64
+}
+
+// kind names what a command is for, from its first key: asynq's own,
+// a task record, a pause, a token, pacing, a rollout, an idempotency key;
+// "connect" and "idle" are not counted (see count).
+func kind(cmd redis.Cmder) string {
+	name := strings.ToLower(cmd.Name())
+	switch name {
+	case "hello", "client", "select", "auth":
+		return "connect"
+	case "ping", "subscribe", "psubscribe", "unsubscribe", "punsubscribe":
+		return "idle"
+	}
+	args := cmd.Args()
+	key := ""
+	switch {
+	case (name == "evalsha" || name == "eval") && len(args) > 3:
+		key, _ = args[3].(string)
+	case len(args) > 1:
+		key, _ = args[1].(string)
+	}
+	if strings.HasPrefix(key, "asynq:") {
+		// A task's own steps: its enqueue (its key), its dequeue (the
+		// pending list, when it found a task) and its end (the active
+		// set). The rest is a server's upkeep.
+		switch {
+		case strings.Contains(key, ":t:"), strings.HasSuffix(key, ":active"):
+			return "asynq"
+		case strings.HasSuffix(key, ":pending") && !errors.Is(cmd.Err(), redis.Nil):
+			return "asynq"
+		}
+		return "idle"
+	}
+	for _, k := range []struct{ part, kind string }{
+		{":record:", "record"}, {":pause:", "pause"}, {":deferred:", "pause"},
+		{":token", "token"}, {":limit", "pacing"}, {":rollout:", "rollout"}, {":idem:", "idempotency"},
+	} {
+		if strings.Contains(key, k.part) {
+			return k.kind
+		}
+	}
+	return "other"
+}
+
+func (c *counter) tally(cmds ...redis.Cmder) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.kinds == nil {
+		c.kinds = map[string]int64{}
+	}
+	for _, cmd := range cmds {
+		c.kinds[kind(cmd)]++
+	}
+}
+
+func (c *counter) split() map[string]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.kinds)
+}
 
 func (c *counter) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (c *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.trips.Add(1)
-		c.cmds.Add(1)
-		return next(ctx, cmd)
+		err := next(ctx, cmd)
+		c.count(cmd)
+		return err
 	}
 }
 func (c *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.trips.Add(1)
-		c.cmds.Add(int64(len(cmds)))
-		return next(ctx, cmds)
+		err := next(ctx, cmds)
+		c.count(cmds...)
+		return err
 	}
+}
+
+// count counts one round trip's commands, after their replies. What a
+// process does whether or not there is work is not counted, only tallied
+// in the split (it depends on how long the work took, not on how much
+// there was): a new connection's handshake ("connect"), and a server's
+// upkeep ("idle": polling a queue that was empty, heartbeats, forwarding
+// and cleanup runs, pings, subscriptions).
+func (c *counter) count(cmds ...redis.Cmder) {
+	n := int64(0)
+	for _, cmd := range cmds {
+		if k := kind(cmd); k != "connect" && k != "idle" {
+			n++
+		}
+	}
+	if n > 0 {
+		c.trips.Add(1)
+		c.cmds.Add(n)
+	}
+	c.tally(cmds...)
 }
 
 func (c *counter) read() (trips, cmds int64) { return c.trips.Load(), c.cmds.Load() }
@@ -56,15 +143,32 @@ func (e *env) with(rdb *redis.Client) *env {
 // here (their chatter when idle: a few commands a second, against
 // thousands of commands a second of work), and nothing is subtracted: a
 // busy server dequeues without polling.
-type phase struct{ trips, cmds float64 }
+type phase struct {
+	trips, cmds float64
+	kinds       map[string]float64 // commands per item by kind
+}
 
 func measure(k *counter, n int, run func() error) (phase, error) {
 	t0, c0 := k.read()
+	k0 := k.split()
 	if err := run(); err != nil {
 		return phase{}, err
 	}
 	t1, c1 := k.read()
-	return phase{trips: float64(t1-t0) / float64(n), cmds: float64(c1-c0) / float64(n)}, nil
+	p := phase{trips: float64(t1-t0) / float64(n), cmds: float64(c1-c0) / float64(n), kinds: map[string]float64{}}
+	for name, v := range k.split() {
+		if d := v - k0[name]; d > 0 {
+			p.kinds[name] = float64(d) / float64(n)
+		}
+	}
+	return p, nil
+}
+
+// record adds a side's commands per item by kind to the split.
+func (p phase) record(r *Results, side string) {
+	for name, v := range p.kinds {
+		r.RedisCmdsSplit[side+"."+name] = v
+	}
 }
 
 // countPoll is the servers' poll interval while commands are counted.
@@ -90,7 +194,13 @@ func (e *env) commands(r *Results) error {
 	we := e.with(work)
 	we.poll = countPoll
 	stop := we.startWorker(concurrency, nil, limit.Rate{})
-	time.Sleep(500 * time.Millisecond)
+	// A worker that has served each platform once (what a fleet's
+	// workers are): its first look at a platform's token and pause,
+	// once per process, is not a cost per change.
+	if err := e.warm(plain); err != nil {
+		stop()
+		return err
+	}
 	pc := e.with(prod).client()
 	var ids []string
 	var enq phase
@@ -104,7 +214,11 @@ func (e *env) commands(r *Results) error {
 		if err != nil {
 			return err
 		}
-		return e.waitAll(plain, ids)
+		if err := e.waitAll(plain, ids); err != nil {
+			return err
+		}
+		settle() // asynq's own end of the last tasks lands after their records
+		return nil
 	})
 	stop()
 	_ = pc.Close()
@@ -147,6 +261,7 @@ func (e *env) commands(r *Results) error {
 		}
 		select {
 		case <-finished:
+			settle() // asynq ends the last tasks after their handler returned
 			return nil
 		case <-time.After(2 * time.Minute):
 			return fmt.Errorf("raw asynq did not finish %d tasks", n)
@@ -169,7 +284,10 @@ func (e *env) commands(r *Results) error {
 	re := e.with(rw)
 	re.poll = countPoll
 	stop = re.startWorkerWith(concurrency, nil, limit.Rate{}, map[string]asynq.Handler{rollout.TypeFanout: svc})
-	time.Sleep(500 * time.Millisecond)
+	if err := e.warm(plain); err != nil {
+		stop()
+		return err
+	}
 	watch := rollout.New(e.rdb, plain, rollout.Config{Prefix: e.prefix}) // reads progress, uncounted
 	defer watch.Close()
 	// 50 rollouts of the 20 platforms: 1000 changes.
@@ -191,6 +309,7 @@ func (e *env) commands(r *Results) error {
 					return err
 				}
 			}
+			settle()
 			return nil
 		})
 		return err
@@ -200,6 +319,13 @@ func (e *env) commands(r *Results) error {
 		return err
 	}
 
+	r.RedisCmdsSplit = map[string]float64{}
+	enq.record(r, "change.enqueue")
+	proc.record(r, "change.worker")
+	rawEnq.record(r, "raw.enqueue")
+	rawProc.record(r, "raw.worker")
+	rolled.record(r, "rollout.producer")
+	workSide.record(r, "rollout.worker")
 	r.RedisCmdsPerChange = enq.cmds + proc.cmds
 	r.RedisCmdsPerTaskRaw = rawEnq.cmds + rawProc.cmds
 	r.RedisCmdsPerRolloutChange = rolled.cmds + workSide.cmds
@@ -211,6 +337,25 @@ func (e *env) commands(r *Results) error {
 	r.Raw["redis_cmds_rollout_producer"], r.Raw["redis_cmds_rollout_worker"] = rolled.cmds, workSide.cmds
 	return nil
 }
+
+// warm runs a change of each platform through the worker started last,
+// uncounted but for the worker's side, and lets it settle.
+func (e *env) warm(c *tasks.Client) error {
+	time.Sleep(500 * time.Millisecond)
+	ids, err := e.submit(c, len(e.apps), e.apps)
+	if err != nil {
+		return err
+	}
+	if err := e.waitAll(c, ids); err != nil {
+		return err
+	}
+	settle()
+	return nil
+}
+
+// settle lets the last tasks' ends reach Redis: what a server does while
+// idle is not counted, so waiting costs the count nothing.
+func settle() { time.Sleep(500 * time.Millisecond) }
 
 // waitRollout waits for a rollout to finish with every platform succeeded.
 func waitRollout(ctx context.Context, svc *rollout.Service, id string) error {

@@ -14,6 +14,8 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wxdomain/wxdomain/internal/feed"
 )
 
 // Kind is why a platform is paused, which decides what ends the pause.
@@ -52,17 +54,33 @@ type Pause struct {
 	EndsWithTicket bool `json:"ends_with_ticket"`
 }
 
-// Store keeps pauses and deferred changes in Redis.
+// Store keeps pauses and deferred changes in Redis. While Watch runs, it
+// also keeps each platform's pause (or its absence) in memory, dropped
+// when any process of the fleet pauses or resumes the platform (every
+// change is announced on a pub/sub channel), so that a change's check
+// costs no Redis command.
 type Store struct {
 	rdb    redis.UniversalClient
 	prefix string
 	now    func() time.Time
+	cache  *feed.Cache[kept]
+}
+
+// kept is a platform's pause as last read: none, or one in force until
+// its time.
+type kept struct {
+	p      Pause
+	paused bool
 }
 
 // NewStore returns a pause store under a key prefix.
 func NewStore(rdb redis.UniversalClient, prefix string) *Store {
-	return &Store{rdb: rdb, prefix: prefix, now: time.Now}
+	return &Store{rdb: rdb, prefix: prefix, now: time.Now, cache: feed.New[kept](rdb, prefix+"pause_changes")}
 }
+
+// Watch follows the fleet's pause changes so that pauses can be kept in
+// memory; it runs until ctx ends. Without it every Get reads Redis.
+func (s *Store) Watch(ctx context.Context) { s.cache.Watch(ctx) }
 
 func (s *Store) key(appid string) string         { return s.prefix + "pause:" + appid }
 func (s *Store) deferredKey(appid string) string { return s.prefix + "deferred:" + appid }
@@ -79,19 +97,28 @@ func (s *Store) Set(ctx context.Context, appid string, p Pause) (bool, error) {
 	if ttl <= 0 {
 		return false, nil
 	}
-	ok, err := s.rdb.SetNX(ctx, s.key(appid), format(p), ttl).Result()
+	var set *redis.BoolCmd
+	_, err := s.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		set = pl.SetNX(ctx, s.key(appid), format(p), ttl)
+		pl.Publish(ctx, s.cache.Channel(), appid)
+		return nil
+	})
 	if err != nil {
 		return false, fmt.Errorf("pause platform %s: %w", appid, err)
 	}
-	return ok, nil
+	return set.Val(), nil
 }
 
 // setIfTicket: KEYS pause, ticket; ARGV pause, TTL ms, the received_at of
-// the ticket the pause is about ("" for none). Returns -1 when another
-// ticket is stored now, 1 when this call paused, 0 when a pause was in force.
+// the ticket the pause is about ("" for none), the change channel, the
+// appid. Returns -1 when another ticket is stored now, 1 when this call
+// paused, 0 when a pause was in force.
 var setIfTicket = redis.NewScript(`
 if (redis.call('HGET', KEYS[2], 'received_at') or '') ~= ARGV[3] then return -1 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  return 1
+end
 return 0`)
 
 // ErrTicketChanged is returned by SetForTicket when the ticket a pause was
@@ -111,7 +138,7 @@ func (s *Store) SetForTicket(ctx context.Context, appid string, p Pause, receive
 	if !receivedAt.IsZero() {
 		stamp = strconv.FormatInt(receivedAt.UnixMilli(), 10)
 	}
-	n, err := setIfTicket.Run(ctx, s.rdb, []string{s.key(appid), s.prefix + "ticket:" + appid}, format(p), ttl.Milliseconds(), stamp).Int()
+	n, err := setIfTicket.Run(ctx, s.rdb, []string{s.key(appid), s.prefix + "ticket:" + appid}, format(p), ttl.Milliseconds(), stamp, s.cache.Channel(), appid).Int()
 	if err != nil {
 		return false, fmt.Errorf("pause platform %s: %w", appid, err)
 	}
@@ -121,8 +148,25 @@ func (s *Store) SetForTicket(ctx context.Context, appid string, p Pause, receive
 	return n == 1, nil
 }
 
-// Get returns the platform's pause, if one is in force.
+// Get returns the platform's pause, if one is in force: from memory while
+// Watch follows the fleet's changes, else from Redis.
 func (s *Store) Get(ctx context.Context, appid string) (Pause, bool, error) {
+	k, seen, ok := s.cache.Get(appid)
+	if ok {
+		if k.paused && s.now().Before(k.p.Until) {
+			return k.p, true, nil
+		}
+		return Pause{}, false, nil // none, or ended at its time (its key expired then)
+	}
+	p, _, paused, err := s.get(ctx, appid)
+	if err == nil {
+		s.cache.Remember(appid, kept{p: p, paused: paused}, seen)
+	}
+	return p, paused, err
+}
+
+// Read returns the platform's pause, if one is in force, from Redis.
+func (s *Store) Read(ctx context.Context, appid string) (Pause, bool, error) {
 	p, _, ok, err := s.get(ctx, appid)
 	return p, ok, err
 }
@@ -223,6 +267,7 @@ func (s *Store) AddDeferred(ctx context.Context, appid string, d Deferred) error
 // step: KEYS pause, deferred, refusal; ARGV the pause as read ("*": any),
 // whether to forget the token refusal too. It returns false if the pause
 // changed since it was read, else {pause or "", deferred field/values...}.
+// ARGV[3], ARGV[4]: the change channel and the appid, announced.
 var liftScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if ARGV[1] ~= '*' and (v or '') ~= ARGV[1] then return false end
@@ -230,6 +275,7 @@ local out = {v or ''}
 for _, x in ipairs(redis.call('HGETALL', KEYS[2])) do out[#out + 1] = x end
 redis.call('DEL', KEYS[1], KEYS[2])
 if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return out`)
 
 func (s *Store) lift(ctx context.Context, appid, expect string, forgetRefusal bool) (ended string, deferred []Deferred, ok bool, err error) {
@@ -237,7 +283,7 @@ func (s *Store) lift(ctx context.Context, appid, expect string, forgetRefusal bo
 	if forgetRefusal {
 		forget = "1"
 	}
-	res, err := liftScript.Run(ctx, s.rdb, []string{s.key(appid), s.deferredKey(appid), s.refusalKey(appid)}, expect, forget).StringSlice()
+	res, err := liftScript.Run(ctx, s.rdb, []string{s.key(appid), s.deferredKey(appid), s.refusalKey(appid)}, expect, forget, s.cache.Channel(), appid).StringSlice()
 	if errors.Is(err, redis.Nil) {
 		return "", nil, false, nil
 	}

@@ -161,6 +161,9 @@ type Service struct {
 	fanning func(id string, attempt, done, total int) // test hook
 	// sweepFrom is where the next sweep of the index starts.
 	sweepFrom atomic.Int64
+	// swept is when Create last swept (unix ns): a burst of creations
+	// sweeps once.
+	swept atomic.Int64
 }
 
 // New returns the rollout service over a tasks client on the same Redis.
@@ -339,7 +342,10 @@ func (s *Service) Create(ctx context.Context, spec Spec) (*Rollout, error) {
 	if err := s.confirm(ctx, r.ID); err != nil {
 		return nil, err
 	}
-	s.sweep(ctx)
+	if now := s.now().UnixNano(); now-s.swept.Load() > int64(createSweepEvery) {
+		s.swept.Store(now)
+		s.sweep(ctx)
+	}
 	return r, nil
 }
 
@@ -394,6 +400,10 @@ func specFingerprint(r *Rollout, platforms []string) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
+
+// createSweepEvery: creations sweep the index at most this often (List
+// sweeps every time).
+const createSweepEvery = 10 * time.Second
 
 // sweep drops from the index the rollouts that expired. Only a rollout
 // created more than TTL ago can have, so only those are looked at.
@@ -477,7 +487,7 @@ func (s *Service) ProcessTask(ctx context.Context, t *asynq.Task) error {
 }
 
 func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
-	r, err := s.Get(ctx, p.RolloutID)
+	r, err := s.definition(ctx, p.RolloutID)
 	if errors.Is(err, ErrNotFound) {
 		return fmt.Errorf("rollout %s is gone: %w", tasks.Truncate(p.RolloutID), asynq.SkipRetry)
 	}
@@ -485,34 +495,23 @@ func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 		return err
 	}
 	change := tasks.JumpDomainChange{Action: r.Action, Domains: r.Domains, Publish: r.Publish, RolloutID: r.ID, Ensure: r.Mode == ModeEnsure, Preflight: r.Preflight}
-	total, err := s.rdb.LLen(ctx, s.listKey(r.ID, p.Attempt)).Result()
-	if err != nil {
-		return err
-	}
 	for {
-		status, current, err := s.client.Store().RolloutState(ctx, r.ID)
+		next, err := s.nextBatch(ctx, r.ID, p.Attempt)
 		if err != nil {
 			return err
 		}
-		if current != p.Attempt {
+		if next.attempt != p.Attempt {
 			return nil // retried since: the new attempt's fan-out takes over
 		}
-		switch status {
+		switch next.status {
 		case StatusCanceled:
 			return s.moveUnqueued(ctx, r.ID, p.Attempt, tasks.StatusCanceled, "its rollout was canceled before it ran")
 		case StatusFailed:
 			return nil
 		}
-		done, err := s.rdb.Get(ctx, s.cursorKey(r.ID, p.Attempt)).Int64()
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return err
-		}
+		done, total, batch := next.done, next.total, next.platforms
 		if done >= total {
 			break
-		}
-		batch, err := s.rdb.LRange(ctx, s.listKey(r.ID, p.Attempt), done, done+int64(s.cfg.BatchSize)-1).Result()
-		if err != nil {
-			return err
 		}
 		changes := make([]tasks.JumpDomainChange, len(batch))
 		for i, appid := range batch {
@@ -547,6 +546,68 @@ func (s *Service) fanOut(ctx context.Context, p fanoutPayload) error {
 	}
 	// Changes may all have finished while the last batch was queued.
 	return fannedOut.Run(ctx, s.rdb, []string{s.key(r.ID)}, p.Attempt).Err()
+}
+
+// definition reads what a fan-out needs of a rollout: its change.
+func (s *Service) definition(ctx context.Context, id string) (*Rollout, error) {
+	v, err := s.rdb.HMGet(ctx, s.key(id), "action", "domains", "publish", "mode", "preflight").Result()
+	if err != nil {
+		return nil, fmt.Errorf("read rollout %s: %w", id, err)
+	}
+	str := func(i int) string { x, _ := v[i].(string); return x }
+	if str(0) == "" {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	r := &Rollout{ID: id, Action: tasks.Action(str(0)), Mode: str(3), Preflight: tasks.PreflightMode(str(4))}
+	_ = json.Unmarshal([]byte(str(1)), &r.Domains)
+	r.Publish, _ = strconv.ParseBool(str(2))
+	return r, nil
+}
+
+// nextBatchScript reads where an attempt's fan-out stands, in one step:
+// KEYS rollout, the attempt's list, its cursor; ARGV attempt, batch size.
+// Returns {status, current attempt, done, total, platforms of the next
+// batch...}; the platforms only while the attempt is current and its
+// rollout neither canceled nor failed.
+var nextBatchScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'status') or ''
+local a = redis.call('HGET', KEYS[1], 'attempt') or '0'
+local done = tonumber(redis.call('GET', KEYS[3]) or '0')
+local total = redis.call('LLEN', KEYS[2])
+local out = {st, a, done, total}
+if st ~= 'canceled' and st ~= 'failed' and a == ARGV[1] and done < total then
+  for _, p in ipairs(redis.call('LRANGE', KEYS[2], done, done + tonumber(ARGV[2]) - 1)) do out[#out + 1] = p end
+end
+return out`)
+
+// batchState is what nextBatchScript read.
+type batchState struct {
+	status      string
+	attempt     int
+	done, total int64
+	platforms   []string
+}
+
+func (s *Service) nextBatch(ctx context.Context, id string, attempt int) (batchState, error) {
+	res, err := nextBatchScript.Run(ctx, s.rdb, []string{s.key(id), s.listKey(id, attempt), s.cursorKey(id, attempt)}, attempt, s.cfg.BatchSize).Slice()
+	if err != nil {
+		return batchState{}, fmt.Errorf("read the fan-out of rollout %s: %w", id, err)
+	}
+	if len(res) < 4 {
+		return batchState{}, fmt.Errorf("read the fan-out of rollout %s: %d values", id, len(res))
+	}
+	var b batchState
+	b.status, _ = res[0].(string)
+	a, _ := res[1].(string)
+	b.attempt, _ = strconv.Atoi(a)
+	b.done, _ = res[2].(int64)
+	b.total, _ = res[3].(int64)
+	for _, p := range res[4:] {
+		if x, ok := p.(string); ok {
+			b.platforms = append(b.platforms, x)
+		}
+	}
+	return b, nil
 }
 
 // failPlatform records one platform's change as failed without queueing

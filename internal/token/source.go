@@ -6,14 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/wxdomain/wxdomain/internal/feed"
 	"github.com/wxdomain/wxdomain/internal/ticket"
 	"hash/fnv"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -99,12 +98,9 @@ type Source struct {
 	now     func() time.Time
 	group   singleflight.Group
 
-	mu    sync.RWMutex
-	local map[string]entry
-	// changes counts change notices per platform (key "" for all), so that
-	// an entry read before a notice is not kept after it.
-	changes map[string]uint64
-	live    atomic.Bool // the change feed is subscribed: local entries can be trusted
+	// local keeps tokens in memory while the fleet's token changes are
+	// followed (Watch).
+	local *feed.Cache[entry]
 	// inflight counts refreshes under way, which outlive their callers.
 	inflight sync.WaitGroup
 	// draining is closed by Drain: refreshes waiting for another
@@ -136,12 +132,12 @@ func NewSource(rdb redis.UniversalClient, f Fetcher, t *ticket.Store, cfg Source
 	if cfg.RetryCodes == nil {
 		cfg.RetryCodes = []int{-1}
 	}
-	return &Source{rdb: rdb, fetcher: f, tickets: t, cfg: cfg, log: log, now: time.Now, local: map[string]entry{}, changes: map[string]uint64{}, draining: make(chan struct{})}
+	return &Source{rdb: rdb, fetcher: f, tickets: t, cfg: cfg, log: log, now: time.Now, local: feed.New[entry](rdb, cfg.Prefix+"token_changes"), draining: make(chan struct{})}
 }
 
 func (s *Source) key(appid string) string     { return s.cfg.Prefix + "token:" + appid }
 func (s *Source) lockKey(appid string) string { return s.cfg.Prefix + "token_lock:" + appid }
-func (s *Source) channel() string             { return s.cfg.Prefix + "token_changes" }
+func (s *Source) channel() string             { return s.local.Channel() }
 func (s *Source) fetchesKey(appid string, t time.Time) string {
 	return s.cfg.Prefix + "token_fetches:" + appid + ":" + t.In(chinaTime).Format("20060102")
 }
@@ -265,11 +261,8 @@ func (s *Source) fresh(e entry) bool {
 
 // Token returns a valid component token for the platform.
 func (s *Source) Token(ctx context.Context, appid string) (string, error) {
-	s.mu.RLock()
-	e, ok := s.local[appid]
-	seen := s.changes[appid] + s.changes[""]
-	s.mu.RUnlock()
-	if ok && s.live.Load() && s.fresh(e) {
+	e, seen, ok := s.local.Get(appid)
+	if ok && s.fresh(e) {
 		return e.token, nil
 	}
 	e, err := s.read(ctx, appid)
@@ -277,7 +270,7 @@ func (s *Source) Token(ctx context.Context, appid string) (string, error) {
 		return "", err
 	}
 	if s.fresh(e) {
-		s.remember(appid, e, seen)
+		s.local.Remember(appid, e, seen)
 		return e.token, nil
 	}
 	// One refresh per process at a time. It runs under a context of its
@@ -290,9 +283,7 @@ func (s *Source) Token(ctx context.Context, appid string) (string, error) {
 		v, err, shared := s.group.Do(appid, func() (any, error) {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.Lease)
 			defer cancel()
-			s.mu.RLock()
-			seen := s.changes[appid] + s.changes[""]
-			s.mu.RUnlock()
+			seen := s.local.Seen(appid)
 			e, err := s.refresh(rctx, appid)
 			return fetched{e, seen}, err
 		})
@@ -308,7 +299,7 @@ func (s *Source) Token(ctx context.Context, appid string) (string, error) {
 		f := r.Val.(fetched)
 		// Kept only if no change notice arrived since the refresh began,
 		// whoever joined it later.
-		s.remember(appid, f.e, f.seen)
+		s.local.Remember(appid, f.e, f.seen)
 		return f.e.token, nil
 	}
 }
@@ -319,85 +310,9 @@ type fetched struct {
 	seen uint64
 }
 
-// remember keeps an entry in memory unless the feed is down or a change
-// notice for the platform arrived since it was read (seen).
-func (s *Source) remember(appid string, e entry, seen uint64) {
-	if !s.live.Load() {
-		return
-	}
-	s.mu.Lock()
-	if s.changes[appid]+s.changes[""] == seen {
-		s.local[appid] = e
-	}
-	s.mu.Unlock()
-}
-
-// forget drops a platform's entry (all of them for "").
-func (s *Source) forget(appid string) {
-	s.mu.Lock()
-	if appid == "" {
-		clear(s.local)
-	} else {
-		delete(s.local, appid)
-	}
-	s.changes[appid]++
-	s.mu.Unlock()
-}
-
-// watchPing is how long the change feed may stay silent before it is pinged.
-const watchPing = 30 * time.Second
-
 // Watch follows the fleet's token changes so that tokens can be kept in
 // memory; it runs until ctx ends. Without it every Token call reads Redis.
-func (s *Source) Watch(ctx context.Context) {
-	defer s.live.Store(false)
-	for ctx.Err() == nil {
-		s.follow(ctx)
-		// Changes may have been missed: trust nothing kept so far.
-		s.live.Store(false)
-		s.forget("")
-		t := time.NewTimer(500 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-		case <-t.C:
-		}
-		t.Stop()
-	}
-}
-
-// follow reads one subscription until it fails or ctx ends.
-func (s *Source) follow(ctx context.Context) {
-	ps := s.rdb.Subscribe(ctx, s.channel())
-	defer ps.Close()
-	// Receive does not return on ctx's end by itself; closing the
-	// subscription makes it.
-	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
-	defer stop()
-	pinged := false
-	for {
-		msg, err := ps.ReceiveTimeout(ctx, watchPing)
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && !pinged {
-			// Silent for a while: make sure the connection is alive.
-			if ps.Ping(ctx) != nil {
-				return
-			}
-			pinged = true
-			continue
-		}
-		if err != nil {
-			return // including a ping left unanswered: the connection is dead
-		}
-		pinged = false
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			s.forget("")
-			s.live.Store(m.Kind == "subscribe")
-		case *redis.Message:
-			s.forget(m.Payload)
-		}
-	}
-}
+func (s *Source) Watch(ctx context.Context) { s.local.Watch(ctx) }
 
 // refresh fetches a token under the platform's Redis lock, or waits for the
 // holder of the lock and reuses what it fetched.
@@ -537,7 +452,7 @@ return 0`)
 // Invalidate drops the platform's shared token only if it is still the one
 // that failed: a token another process already replaced is kept.
 func (s *Source) Invalidate(ctx context.Context, appid, failed string) error {
-	s.forget(appid)
+	s.local.Forget(appid)
 	if err := invalidateScript.Run(ctx, s.rdb, []string{s.key(appid), s.channel()}, failed, appid).Err(); err != nil {
 		return fmt.Errorf("invalidate token of %s: %w", appid, err)
 	}

@@ -1,0 +1,119 @@
+package pause
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wxdomain/wxdomain/internal/redistest"
+)
+
+type countCommands struct{ n atomic.Int64 }
+
+func (c *countCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *countCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (c *countCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+// TestWatchedPausesAreReadFromMemory: a worker that follows the fleet's
+// pause changes checks a platform without a Redis command, and still sees
+// at once a pause set, ended or resumed by another process.
+func TestWatchedPausesAreReadFromMemory(t *testing.T) {
+	t.Parallel()
+	const app = "wx00000000000000aa"
+	for _, be := range redistest.Backends() {
+		t.Run(be.Name, func(t *testing.T) {
+			t.Parallel()
+			rb := be.Open(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			wc := redis.NewClient(rb.Client.(*redis.Client).Options())
+			t.Cleanup(func() { _ = wc.Close() })
+			n := &countCommands{}
+			wc.AddHook(n)
+			worker := NewStore(wc, rb.Prefix)
+			other := NewStore(rb.Client, rb.Prefix) // another process
+			done := make(chan struct{})
+			go func() { defer close(done); worker.Watch(ctx) }()
+			t.Cleanup(func() { cancel(); <-done })
+			require.Eventually(t, worker.cache.Live, 5*time.Second, 5*time.Millisecond)
+
+			_, paused, err := worker.Get(ctx, app)
+			require.NoError(t, err)
+			require.False(t, paused)
+			before := n.n.Load()
+			for i := 0; i < 100; i++ {
+				_, paused, err := worker.Get(ctx, app)
+				require.NoError(t, err)
+				require.False(t, paused)
+			}
+			assert.Equal(t, before, n.n.Load(), "a platform known not paused is checked from memory")
+
+			started, err := other.Set(ctx, app, Pause{Kind: KindDailyQuota, Reason: "quota", ErrCode: 45009, Until: time.Now().Add(time.Hour)})
+			require.NoError(t, err)
+			require.True(t, started)
+			require.Eventually(t, func() bool {
+				p, paused, err := worker.Get(ctx, app)
+				return err == nil && paused && p.Kind == KindDailyQuota
+			}, 5*time.Second, 5*time.Millisecond, "a pause set elsewhere is seen")
+			before = n.n.Load()
+			_, paused, err = worker.Get(ctx, app)
+			require.NoError(t, err)
+			assert.True(t, paused)
+			assert.Equal(t, before, n.n.Load(), "a pause in force is checked from memory too")
+
+			_, err = other.Resume(ctx, asynq.NewInspectorFromRedisClient(rb.Client), app)
+			require.NoError(t, err)
+			require.Eventually(t, func() bool {
+				_, paused, err := worker.Get(ctx, app)
+				return err == nil && !paused
+			}, 5*time.Second, 5*time.Millisecond, "a resume elsewhere is seen")
+
+			// A pause kept in memory ends at its time, as its key expires.
+			short := time.Now().Add(300 * time.Millisecond)
+			_, err = other.Set(ctx, app, Pause{Kind: KindMinuteLimit, Reason: "minute", ErrCode: 45011, Until: short})
+			require.NoError(t, err)
+			require.Eventually(t, func() bool {
+				_, paused, err := worker.Get(ctx, app)
+				return err == nil && paused
+			}, 5*time.Second, 5*time.Millisecond)
+			time.Sleep(time.Until(short) + 50*time.Millisecond)
+			_, paused, err = worker.Get(ctx, app)
+			require.NoError(t, err)
+			assert.False(t, paused, "ended at its time")
+		})
+	}
+}
+
+// TestUnwatchedPausesAreReadFromRedis: without the change feed nothing is
+// kept: every check reads Redis and sees a pause at once.
+func TestUnwatchedPausesAreReadFromRedis(t *testing.T) {
+	t.Parallel()
+	const app = "wx00000000000000bb"
+	rb := redistest.Mini(t)
+	ctx := context.Background()
+	worker, other := NewStore(rb.Client, rb.Prefix), NewStore(rb.Client, rb.Prefix)
+	_, paused, err := worker.Get(ctx, app)
+	require.NoError(t, err)
+	require.False(t, paused)
+	_, err = other.Set(ctx, app, Pause{Kind: KindDailyQuota, Reason: "quota", Until: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	_, paused, err = worker.Get(ctx, app)
+	require.NoError(t, err)
+	assert.True(t, paused)
+}

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -111,6 +112,7 @@ func NewClient(rdb redis.UniversalClient, cfg ClientConfig) *Client {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = time.Second
 	}
+	carryRides(rdb)
 	return &Client{
 		rdb:     rdb,
 		asynq:   asynq.NewClientFromRedisClient(rdb),
@@ -246,32 +248,112 @@ func (c *Client) enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 		}
 		return rec, nil
 	}
-	// Record and task are written at once, halving the wait: a worker that
-	// takes the task before its record lands creates the record from the
-	// payload, and a record whose task failed to enqueue is removed. Its
-	// time is set first: the task carries it.
+	// Record and task go in one round trip, the record first: the record
+	// rides along with asynq's own command for the task (see ride).
 	rec.stamp(c.store.now().UTC())
-	created := make(chan error, 1)
-	go func() {
-		_, err := c.store.Create(ctx, rec)
-		created <- err
-	}()
-	enqErr := c.enqueueTask(ctx, rec, opts)
-	createErr := <-created
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("encode record %s: %w", taskID, err)
+	}
+	r := &ride{key: c.store.key(taskID), value: b, ttl: c.store.ttl}
+	enqErr := c.enqueueTask(context.WithValue(ctx, rideKey{}, r), rec, opts)
+	created, createErr := r.outcome()
 	if enqErr != nil {
 		// Nobody can repair this submission, so don't leave a queued
 		// record behind that no worker will ever run.
-		_ = c.store.Delete(context.WithoutCancel(ctx), taskID)
+		if created {
+			_ = c.store.Delete(context.WithoutCancel(ctx), taskID)
+		}
 		return nil, enqErr
 	}
 	if createErr != nil {
+		// Not written with the task (or not sent): written now; a worker
+		// that took the task meanwhile wrote it from the payload.
 		_, createErr = c.store.Create(context.WithoutCancel(ctx), rec)
 	}
 	if createErr != nil {
 		// The task is queued; the worker writes the record when it runs.
 		return nil, fmt.Errorf("change %s queued, but its record could not be written yet: %w", taskID, createErr)
 	}
+	rec.stored = b
 	return rec, nil
+}
+
+// ride is a record write that goes in the same round trip as the next
+// command sent under its context: asynq's own command that queues the
+// task. Redis then runs the two from one read, record first, for the
+// price of one round trip; asynq's command is sent as asynq made it.
+type ride struct {
+	key   string
+	value []byte
+	ttl   time.Duration
+	mu    sync.Mutex
+	taken bool
+	set   *redis.BoolCmd
+}
+
+type rideKey struct{}
+
+// outcome reports whether the record was written with the task; an error
+// when it was not sent, or failed.
+func (r *ride) outcome() (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.set == nil {
+		return false, errors.New("the record was not sent with the task")
+	}
+	ok, err := r.set.Result()
+	if err == nil && !ok {
+		err = errors.New("a record with this id exists")
+	}
+	return ok, err
+}
+
+// take hands the ride to the first command that can carry it.
+func (r *ride) take() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.taken {
+		return false
+	}
+	r.taken = true
+	return true
+}
+
+// rides carries rides on a client's commands (installed once per client).
+type rides struct{ rdb redis.UniversalClient }
+
+var ridden sync.Map // the clients rides are installed on
+
+func carryRides(rdb redis.UniversalClient) {
+	if _, done := ridden.LoadOrStore(rdb, true); !done {
+		rdb.AddHook(rides{rdb})
+	}
+}
+
+func (rides) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h rides) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		r, ok := ctx.Value(rideKey{}).(*ride)
+		if !ok || !r.take() {
+			return next(ctx, cmd)
+		}
+		var set *redis.BoolCmd
+		_, err := h.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			set = p.SetNX(ctx, r.key, r.value, r.ttl)
+			return p.Process(ctx, cmd)
+		})
+		r.mu.Lock()
+		r.set = set
+		r.mu.Unlock()
+		if cerr := cmd.Err(); cerr != nil || err == nil {
+			return cerr
+		}
+		return nil // the record's own failure is the ride's (outcome)
+	}
+}
+func (rides) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
 
 // EnqueueRollout queues the changes of a rollout attempt (the fan-out's

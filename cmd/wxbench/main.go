@@ -1,7 +1,8 @@
 // Command wxbench runs wxdomain's benchmarks against a real Redis and the
 // sandbox upstream, comparing with raw asynq in the same run; `make bench`
 // runs it. It writes bench-results.json (BENCH_OUT) and a Markdown table;
-// WXBENCH_ONLY="redis commands" runs only the measurements so named.
+// WXBENCH_ONLY="redis commands" runs only the measurements so named;
+// WXBENCH_CPUPROFILE=file writes a CPU profile of the run.
 package main
 
 import (
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"time"
 
 	"github.com/wxdomain/wxdomain/internal/bench"
@@ -25,6 +27,20 @@ func main() {
 	out := os.Getenv("BENCH_OUT")
 	if out == "" {
 		out = "bench-results.json"
+	}
+	if path := os.Getenv("WXBENCH_CPUPROFILE"); path != "" {
+		// Where the time goes, for `go tool pprof` (the bench process runs
+		// both ours and raw asynq, against the same Redis).
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "wxbench:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "wxbench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	start := time.Now()
 	r, err := bench.Run(ctx, url, os.Getenv("WXBENCH_ONLY"), os.Stderr)

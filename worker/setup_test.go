@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -76,6 +77,9 @@ type setupOpts struct {
 	// both aimed at this server, in preflightMode by default.
 	files         *preflighttest.Server
 	preflightMode tasks.PreflightMode
+	// hook, if set, sees every command the workers send: they then use a
+	// Redis client of their own.
+	hook redis.Hook
 	// preflightChecks, if set, is told of every check a worker makes.
 	preflightChecks func(result string)
 }
@@ -151,8 +155,15 @@ func setup(t testing.TB, open func(testing.TB) redistest.Bundle, o setupOpts) *t
 func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	t.Helper()
 	o := b.opts
-	tokens := token.NewSource(b.redis.Client, b.wc, b.tickets, token.SourceConfig{Prefix: b.redis.Prefix, Margin: time.Minute, Secret: b.secrets}, b.log)
-	limiter := limit.New(b.redis.Client, b.redis.Prefix, o.global, limit.Pacing{})
+	rdb, store, tickets := b.redis.Client, b.store, b.tickets
+	if o.hook != nil {
+		c := redis.NewClient(b.redis.Client.(*redis.Client).Options())
+		c.AddHook(o.hook)
+		t.Cleanup(func() { _ = c.Close() })
+		rdb, store, tickets = c, tasks.NewStore(c, b.redis.Prefix, time.Hour), ticket.NewStore(c, b.redis.Prefix)
+	}
+	tokens := token.NewSource(rdb, b.wc, tickets, token.SourceConfig{Prefix: b.redis.Prefix, Margin: time.Minute, Secret: b.secrets}, b.log)
+	limiter := limit.New(rdb, b.redis.Prefix, o.global, limit.Pacing{})
 	rate := func(appid string) limit.Rate { return o.rates[appid] }
 	var pf worker.Preflighter
 	if o.files != nil {
@@ -160,8 +171,8 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	}
 	// Each worker is a process of its own: its pauses are kept in its
 	// memory while it follows the fleet's pause changes.
-	pauses := pause.NewStore(b.redis.Client, b.redis.Prefix)
-	h := worker.NewHandler(b.store, tokens, b.wc, pauses, limiter, worker.Config{
+	pauses := pause.NewStore(rdb, b.redis.Prefix)
+	h := worker.NewHandler(store, tokens, b.wc, pauses, limiter, worker.Config{
 		Preflight: pf, PreflightDefault: o.preflightMode,
 		RetryBase: o.retryBase, RetryMax: 5 * o.retryBase, MaxAttempts: o.maxAttempts, OperatorPause: time.Minute,
 		Rate:    rate,
@@ -174,7 +185,7 @@ func (b *testBundle) startWorker(t testing.TB) (stop func()) {
 	watched.Go(func() { tokens.Watch(wctx) })
 	watched.Go(func() { pauses.Watch(wctx) })
 	go func() {
-		done <- worker.Run(wctx, b.redis.Client, worker.ServerConfig{
+		done <- worker.Run(wctx, rdb, worker.ServerConfig{
 			Concurrency: o.concurrency, Waiting: 100, Queues: map[string]int{b.redis.Queue: 2, b.redis.Queue + "_bulk": 1},
 			ShutdownTimeout: 5 * time.Second, PollInterval: 50 * time.Millisecond, Handlers: b.opts.handlers,
 		}, h, b.log)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wxdomain/wxdomain/internal/limit"
 )
 
 // Status is where a change stands. The final ones never change again.
@@ -300,6 +302,13 @@ func (s *Store) UpdateFrom(ctx context.Context, rec *Record, fn func(*Record) er
 	return s.update(ctx, rec.TaskID, updateFrom{expect: rec.stored}, fn)
 }
 
+// FinishFrom is UpdateFrom that also gives the limiter its feedback of
+// the change's call (limit.Limiter.Answered), in the same step as the
+// write: done only if the record is written.
+func (s *Store) FinishFrom(ctx context.Context, rec *Record, pacing *limit.FeedbackArgs, fn func(*Record) error) (*Record, error) {
+	return s.update(ctx, rec.TaskID, updateFrom{expect: rec.stored, pacing: pacing}, fn)
+}
+
 // ErrRolloutChanged is returned by UpdateIfRollout when the record's
 // rollout is no longer in the status the update depends on.
 var ErrRolloutChanged = errors.New("the rollout's status changed")
@@ -346,6 +355,8 @@ type updateFrom struct {
 	// guard refuses the update of a stopped rollout's change
 	// (ErrRolloutStopping).
 	guard bool
+	// pacing, if set, is the limiter's feedback given with the write.
+	pacing *limit.FeedbackArgs
 }
 
 func (s *Store) update(ctx context.Context, id string, u updateFrom, fn func(*Record) error) (*Record, error) {
@@ -431,7 +442,12 @@ func (s *Store) update(ctx context.Context, id string, u updateFrom, fn func(*Re
 		if u.guard && appid != "" && attempt != "" {
 			guard = "1"
 		}
-		res, err := casRecord.Run(ctx, s.rdb, keys, b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, u.rolloutStatus, flag(r.PreflightFailed()), lists, flag(u.create), guard).Result()
+		args := []any{b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, u.rolloutStatus, flag(r.PreflightFailed()), lists, flag(u.create), guard}
+		if u.pacing != nil {
+			keys = append(keys, u.pacing.Keys[:]...)
+			args = append(args, u.pacing.Args[:]...)
+		}
+		res, err := casRecord.Run(ctx, s.rdb, keys, args...).Result()
 		if err != nil {
 			return &r, fmt.Errorf("update record %s: %w", id, err)
 		}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wxdomain/wxdomain/internal/limit"
 )
 
 // A rollout's per-platform statuses and their counts live next to the
@@ -118,11 +120,13 @@ return transition(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 // preflight failures as its latest record says; then the platform's
 // lists (KEYS[5]) when ARGV[10] holds them; ARGV[11] "1": a missing
 // record is taken to be the old JSON; ARGV[12] "1": refused (-3) while
-// the rollout is canceled or a later attempt owns the platform.
-// Returns 1 when written; the record as it stands when it is not the old
+// the rollout is canceled or a later attempt owns the platform; ARGV[13]
+// on: the limiter's feedback of the change's call (limit.FeedbackLua),
+// given in the same step as the write, KEYS[6..9] and ARGV[13..19] its
+// keys and arguments. Returns 1 when written; the record as it stands when it is not the old
 // JSON; -1 when the rollout is not in the status required; -2 when the
 // record is missing; -3 when refused by ARGV[12].
-var casRecord = redis.NewScript(transitionLua + `
+var casRecord = redis.NewScript(transitionLua + limit.FeedbackLua + `
 local cur = redis.call('GET', KEYS[1])
 if cur ~= ARGV[1] then
   if cur then return cur end
@@ -145,6 +149,9 @@ if ARGV[4] ~= '' and transition(KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[5], ARG
   else
     redis.call('SREM', KEYS[4] .. ':preflight', ARGV[4])
   end
+end
+if ARGV[13] and ARGV[13] ~= '' then
+  pacingFeedback(KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[13], ARGV[14], ARGV[15], ARGV[16], ARGV[17], ARGV[18], ARGV[19])
 end
 return 1`)
 

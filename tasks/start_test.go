@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/redistest"
 	"github.com/wxdomain/wxdomain/tasks"
 )
@@ -258,6 +259,44 @@ func TestStartRefusesAStoppedRolloutsChange(t *testing.T) {
 			state, err := b.redis.Client.HGet(ctx, tasks.RolloutStateKey(b.redis.Prefix, rid), app).Result()
 			require.NoError(t, err)
 			assert.Equal(t, "running", state, "the rollout's platform moved in the same step")
+		})
+	}
+}
+
+// TestFinishGivesThePacingFeedbackInItsWrite: the limiter hears of an
+// answered call in the record's final write (its pace recovers, the call
+// is counted), and not at all when the record was not written.
+func TestFinishGivesThePacingFeedbackInItsWrite(t *testing.T) {
+	for _, be := range redistest.Backends() {
+		t.Run(be.Name, func(t *testing.T) {
+			b := setupClient(t, be.Open)
+			ctx := context.Background()
+			lim := limit.New(b.redis.Client, b.redis.Prefix, limit.Rate{}, limit.Pacing{})
+			factorKey := b.redis.Prefix + "limit_factor:" + app
+			require.NoError(t, b.redis.Client.Set(ctx, factorKey, "0.5", time.Minute).Err())
+			factor := func() float64 {
+				f, err := lim.Factors(ctx, []string{app})
+				require.NoError(t, err)
+				return f[app]
+			}
+
+			rec, err := b.client.Enqueue(ctx, addChange("a.example.com"), tasks.EnqueueOptions{})
+			require.NoError(t, err)
+			started, err := b.client.Store().Start(ctx, rec.TaskID, queuedFromTask(t, b, rec.TaskID), running)
+			require.NoError(t, err)
+			pacing := lim.Answered(app, rec.TaskID)
+			_, err = b.client.Store().FinishFrom(ctx, started, &pacing, succeeded)
+			require.NoError(t, err)
+			after := factor()
+			assert.Greater(t, after, 0.5, "the answer let the platform's pace recover")
+			calls, err := b.redis.Client.HGet(ctx, b.redis.Prefix+"limit_busy:"+app, "calls").Int()
+			require.NoError(t, err)
+			assert.Equal(t, 1, calls, "the call is counted in the busy window")
+
+			// A record final already: nothing written, no feedback.
+			_, err = b.client.Store().FinishFrom(ctx, started, &pacing, succeeded)
+			require.ErrorIs(t, err, tasks.ErrFinal)
+			assert.Equal(t, after, factor())
 		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wxdomain/wxdomain/internal/limit"
 	"github.com/wxdomain/wxdomain/internal/redistest"
 	"github.com/wxdomain/wxdomain/tasks"
 )
@@ -58,6 +59,8 @@ func (k *byKey) add(cmd redis.Cmder) {
 		what = "pause"
 	case strings.Contains(key, ":token:"):
 		what = "token"
+	case strings.Contains(key, "limit"):
+		what = "limiter " + name
 	case strings.Contains(key, ":t:"), strings.HasSuffix(key, ":active"):
 		what = "asynq task"
 	case strings.HasSuffix(key, ":pending") && found(cmd):
@@ -91,7 +94,24 @@ func (k *byKey) reset() map[string]int {
 // neither a pause nor a token read.
 func TestAChangeCostsTwoRecordWrites(t *testing.T) {
 	k := &byKey{counts: map[string]int{}}
-	b := setup(t, redistest.Real, setupOpts{hook: k})
+	b := setup(t, redistest.Real, setupOpts{hook: k, concurrency: 32})
+	runCounted(t, b, k, map[string]int{"record evalsha": 2, "asynq task": 2})
+}
+
+// TestARateLimitedChangeCostsOneMore: under a rate limit a change takes
+// its call slot (one script call); the limiter hears of WeChat's answer
+// in the record's final write, not in a command of its own.
+func TestARateLimitedChangeCostsOneMore(t *testing.T) {
+	k := &byKey{counts: map[string]int{}}
+	fast := limit.Rate{PerSecond: 1000, Burst: 100}
+	b := setup(t, redistest.Real, setupOpts{hook: k, concurrency: 32, rates: map[string]limit.Rate{appA: fast, appB: fast}})
+	runCounted(t, b, k, map[string]int{"record evalsha": 2, "asynq task": 2, "limiter evalsha": 1})
+}
+
+// runCounted runs changes through a worker that served each platform
+// already, and compares its commands per change with want.
+func runCounted(t *testing.T, b *testBundle, k *byKey, want map[string]int) {
+	t.Helper()
 	ctx := context.Background()
 	// The worker's first look at each platform (its token, its pause),
 	// twice: the first may come before it follows the fleet's changes.
@@ -119,5 +139,8 @@ func TestAChangeCostsTwoRecordWrites(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond)
 	got := k.reset()
-	assert.Equal(t, map[string]int{"record evalsha": 2 * n, "asynq task": 2 * n}, got)
+	for what := range want {
+		want[what] *= n
+	}
+	assert.Equal(t, want, got)
 }

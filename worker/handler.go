@@ -243,13 +243,18 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 	if deferred || err != nil {
 		return err
 	}
+	slotAt := time.Now()
 	if h.working != nil {
 		blocked, err := h.working.take(ctx, h.stopping, bulk)
 		if err != nil {
 			return err
 		}
 		defer h.working.give()
-		if blocked {
+		if blocked && (h.limiter == nil || time.Since(slotAt) <= slotTolerance) {
+			// A place came while its slot still holds: no need to ask the
+			// limiter again. The pause check below still runs.
+			waited = max(waited, time.Nanosecond)
+		} else if blocked {
 			// Its slot may have gone by while it waited for a place: it
 			// takes it again (its own, if still within the tolerance, or
 			// a new one), or its call would bunch with the next slot's.
@@ -284,8 +289,8 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 		return errors.Join(h.release(ctx, id, change.Platform), fmt.Errorf("%s: %w", rec.Error, asynq.SkipRetry))
 	}
 
-	res, note, pf, err := h.call(ctx, id, change, pf)
-	return h.finish(ctx, rec, res, note, pf, err)
+	res, note, pf, c, err := h.call(ctx, id, change, pf)
+	return h.finish(ctx, rec, res, note, pf, c, err)
 }
 
 // rolloutStopped ends a rollout change that must not run: its rollout was
@@ -590,20 +595,21 @@ func (h *Handler) updateOrCreate(ctx context.Context, id, queue string, change t
 // call makes the change's upstream calls; in ensure mode a get first,
 // then the preflight of the domains it would add. pf is the preflight
 // made before (plain changes); the one in force is returned.
-func (h *Handler) call(ctx context.Context, id string, change tasks.JumpDomainChange, pf *checked) (wechat.JumpDomains, string, *checked, error) {
+func (h *Handler) call(ctx context.Context, id string, change tasks.JumpDomainChange, pf *checked) (wechat.JumpDomains, string, *checked, *calls, error) {
 	req := wechat.JumpDomainChange{Action: string(change.Action), Domains: change.Domains, Publish: change.Publish}
 	if pf != nil && pf.send != nil {
 		req.Domains = pf.send
 	}
+	c := &calls{h: h, id: id, appid: change.Platform, late: !change.Ensure}
 	tok, err := h.tokens.Token(ctx, change.Platform)
 	if err != nil {
-		return wechat.JumpDomains{}, "", pf, err
+		return wechat.JumpDomains{}, "", pf, c, err
 	}
-	c := &calls{h: h, id: id, appid: change.Platform, tok: tok}
+	c.tok = tok
 	if change.Ensure {
 		cur, err := c.send(ctx, wechat.JumpDomainChange{Action: wechat.ActionGet})
 		if err != nil {
-			return cur, "", pf, err
+			return cur, "", pf, c, err
 		}
 		var note string
 		req, note, err = h.plan(change, cur)
@@ -618,11 +624,11 @@ func (h *Handler) call(ctx context.Context, id string, change tasks.JumpDomainCh
 			if h.limiter != nil {
 				err = errors.Join(err, h.limiter.Release(context.WithoutCancel(ctx), change.Platform, callHolder(id, 1)))
 			}
-			return cur, note, pf, err
+			return cur, note, pf, c, err
 		}
 	}
 	res, err := c.send(ctx, req)
-	return res, "", pf, err
+	return res, "", pf, c, err
 }
 
 // calls makes one change's upstream calls: the first on the slot the task
@@ -633,6 +639,11 @@ type calls struct {
 	id, appid string
 	tok       string
 	n         int
+	// late: the pacing feedback of a call WeChat answered (errcode 0) is
+	// not sent at once but with the record's final write (one command
+	// fewer); answered names that call's holder.
+	late     bool
+	answered string
 }
 
 func (c *calls) one(ctx context.Context, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
@@ -646,7 +657,11 @@ func (c *calls) one(ctx context.Context, req wechat.JumpDomainChange) (wechat.Ju
 		}
 	}
 	c.n++
-	return c.h.modify(ctx, c.appid, holder, c.tok, req)
+	res, err := c.h.modify(ctx, c.appid, holder, c.tok, req, c.late)
+	if err == nil && c.late {
+		c.answered = holder
+	}
+	return res, err
 }
 
 // send makes a call; a refused token is dropped (only if it is still the
@@ -692,8 +707,10 @@ func (h *Handler) plan(change tasks.JumpDomainChange, cur wechat.JumpDomains) (w
 }
 
 // modify calls WeChat and tells the limiter whether WeChat was busy, so
-// that the platform's pace adapts, and that the holder's slot is spent.
-func (h *Handler) modify(ctx context.Context, appid, holder, tok string, req wechat.JumpDomainChange) (wechat.JumpDomains, error) {
+// that the platform's pace adapts, and that the holder's slot is spent;
+// with late, an answer (errcode 0) is told later, with the record's write
+// (finish).
+func (h *Handler) modify(ctx context.Context, appid, holder, tok string, req wechat.JumpDomainChange, late bool) (wechat.JumpDomains, error) {
 	start := time.Now()
 	res, err := h.upstream.ModifyJumpDomain(ctx, tok, req)
 	var apiErr *wechat.APIError
@@ -705,7 +722,7 @@ func (h *Handler) modify(ctx context.Context, appid, holder, tok string, req wec
 	default:
 		h.cfg.Metrics.UpstreamCall(appid, 0, false, time.Since(start))
 	}
-	if h.limiter == nil {
+	if h.limiter == nil || (late && err == nil) {
 		return res, err
 	}
 	outcome := limit.Answered
@@ -726,7 +743,7 @@ func (h *Handler) modify(ctx context.Context, appid, holder, tok string, req wec
 }
 
 // finish records the outcome and tells asynq what to do next.
-func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, note string, pf *checked, callErr error) error {
+func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.JumpDomains, note string, pf *checked, c *calls, callErr error) error {
 	log := h.log.With(zap.String("task_id", rec.TaskID), zap.String("platform", rec.Platform), zap.String("action", string(rec.Action)))
 	var pe *PreflightError
 	if errors.As(callErr, &pe) {
@@ -751,7 +768,13 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordWriteTimeout)
 	defer cancel()
 	if callErr == nil {
-		_, err := h.updateRetrying(ctx, rec, func(r *tasks.Record) error {
+		var pacing *limit.FeedbackArgs
+		if h.limiter != nil && c.answered != "" {
+			// The answer's pacing feedback, in the record's own write.
+			p := h.limiter.Answered(rec.Platform, c.answered)
+			pacing = &p
+		}
+		_, err := h.updateRetrying(ctx, rec, pacing, func(r *tasks.Record) error {
 			applyAnswer(r, res)
 			r.Note = note
 			if pf != nil {
@@ -763,6 +786,13 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 			}
 			return nil
 		})
+		if pacing != nil && err != nil {
+			// Not written (already final: a run before this one finished
+			// it; or Redis): the feedback on its own.
+			if ferr := h.limiter.Feedback(ctx, rec.Platform, c.answered, limit.Answered); ferr != nil {
+				h.log.Debug("pacing feedback lost", zap.String("platform", rec.Platform), zap.Error(ferr))
+			}
+		}
 		if err != nil && !errors.Is(err, tasks.ErrFinal) {
 			return err
 		}
@@ -784,7 +814,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		})
 	}
 	var next time.Duration
-	updated, err := h.updateRetrying(ctx, rec, func(r *tasks.Record) error {
+	updated, err := h.updateRetrying(ctx, rec, nil, func(r *tasks.Record) error {
 		r.Error = d.Reason
 		if d.APIErr != nil {
 			code := d.APIErr.Code
@@ -826,10 +856,10 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 // retry) lands too. asynq v0.26 makes that move once, under a context
 // already canceled, and a move lost leaves the change shown running until
 // asynq's recoverer takes it back, minutes later.
-func (h *Handler) updateRetrying(ctx context.Context, from *tasks.Record, fn func(*tasks.Record) error) (*tasks.Record, error) {
+func (h *Handler) updateRetrying(ctx context.Context, from *tasks.Record, pacing *limit.FeedbackArgs, fn func(*tasks.Record) error) (*tasks.Record, error) {
 	delay := 100 * time.Millisecond
 	for {
-		rec, err := h.store.UpdateFrom(ctx, from, fn)
+		rec, err := h.store.FinishFrom(ctx, from, pacing, fn)
 		if !tasks.RedisUnavailable(err) || ctx.Err() != nil {
 			return rec, err
 		}

@@ -350,41 +350,75 @@ func Release(ctx context.Context, rdb redis.UniversalClient, prefix, appid strin
 	return nil
 }
 
-// feedbackScript: KEYS factor, busy window, platform ledger, global
-// ledger. ARGV busy 0|1 (- for no answer), decrease, increase, min factor, burst count,
-// burst ratio, holder. Returns the factor ×1e6. The holder's slots are
-// spent: they stay in the ledgers (later slots keep their distance) under
-// another name, so that the holder cannot find them again.
-var feedbackScript = redis.NewScript(`
-if ARGV[7] ~= '' then
-  for i = 3, 4 do
-    local s = redis.call('ZSCORE', KEYS[i], ARGV[7])
-    if s then
-      redis.call('ZREM', KEYS[i], ARGV[7])
-      redis.call('ZADD', KEYS[i], s, '~' .. ARGV[7])
+// FeedbackLua defines pacingFeedback(factor, busy window, platform
+// ledger, global ledger keys; busy 0|1 (- for no answer), decrease,
+// increase, min factor, burst count, burst ratio, holder), for scripts
+// that tell the limiter how a call went in the same step as their own
+// write (tasks' record script). It returns the factor ×1e6. The holder's
+// slots are spent: they stay in the ledgers (later slots keep their
+// distance) under another name, so that the holder cannot find them again.
+const FeedbackLua = `
+local function pacingFeedback(kfactor, kwindow, kledger, kglobal, busy, dec, inc, minf, bcount, bratio, holder)
+  if holder ~= '' then
+    for _, k in ipairs({kledger, kglobal}) do
+      local s = redis.call('ZSCORE', k, holder)
+      if s then
+        redis.call('ZREM', k, holder)
+        redis.call('ZADD', k, s, '~' .. holder)
+      end
     end
   end
-end
-local factor = tonumber(redis.call('GET', KEYS[1]) or '1')
-if ARGV[1] == '-' then
-  -- No answer came back: no lesson about WeChat's pace.
-elseif ARGV[1] == '1' then
-  local calls = redis.call('HINCRBY', KEYS[2], 'calls', 1)
-  local busy = redis.call('HINCRBY', KEYS[2], 'busy', 1)
-  if calls == 1 then redis.call('PEXPIRE', KEYS[2], 1000) end
-  if busy >= tonumber(ARGV[5]) and busy >= calls * tonumber(ARGV[6]) and redis.call('HSETNX', KEYS[2], 'decreased', 1) == 1 then
-    factor = math.max(tonumber(ARGV[4]), factor * tonumber(ARGV[2]))
-    redis.call('SET', KEYS[1], tostring(factor), 'EX', 600)
+  local factor = tonumber(redis.call('GET', kfactor) or '1')
+  if busy == '-' then
+    -- No answer came back: no lesson about WeChat's pace.
+  elseif busy == '1' then
+    local calls = redis.call('HINCRBY', kwindow, 'calls', 1)
+    local n = redis.call('HINCRBY', kwindow, 'busy', 1)
+    if calls == 1 then redis.call('PEXPIRE', kwindow, 1000) end
+    if n >= tonumber(bcount) and n >= calls * tonumber(bratio) and redis.call('HSETNX', kwindow, 'decreased', 1) == 1 then
+      factor = math.max(tonumber(minf), factor * tonumber(dec))
+      redis.call('SET', kfactor, tostring(factor), 'EX', 600)
+    end
+  else
+    if redis.call('HINCRBY', kwindow, 'calls', 1) == 1 then redis.call('PEXPIRE', kwindow, 1000) end
+    if factor < 1 then
+      factor = math.min(1, factor + tonumber(inc))
+      if factor >= 1 then redis.call('DEL', kfactor) else redis.call('SET', kfactor, tostring(factor), 'EX', 600) end
+    end
   end
-else
-  if redis.call('HINCRBY', KEYS[2], 'calls', 1) == 1 then redis.call('PEXPIRE', KEYS[2], 1000) end
-  if factor < 1 then
-    factor = math.min(1, factor + tonumber(ARGV[3]))
-    if factor >= 1 then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], tostring(factor), 'EX', 600) end
-  end
+  return math.floor(factor * 1000000)
 end
-return math.floor(factor * 1000000)
+`
+
+// feedbackScript: KEYS factor, busy window, platform ledger, global
+// ledger; ARGV as pacingFeedback's after its keys.
+var feedbackScript = redis.NewScript(FeedbackLua + `
+return pacingFeedback(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 `)
+
+// FeedbackArgs are the keys and arguments of a call's pacingFeedback.
+type FeedbackArgs struct {
+	Keys [4]string
+	Args [7]any
+}
+
+// feedbackArgs is what Feedback and Answered hand to pacingFeedback.
+func (l *Limiter) feedbackArgs(appid, holder string, o Outcome) FeedbackArgs {
+	b := [...]string{Answered: "0", Busy: "1", NoAnswer: "-"}[o]
+	p := l.pacing
+	lanes := laneKeys(l.prefix, appid)
+	return FeedbackArgs{
+		Keys: [4]string{l.factorKey(appid), l.windowKey(appid), lanes[1], lanes[3]},
+		Args: [7]any{b, p.Decrease, p.Increase, p.MinFactor, p.BurstCount, p.BurstRatio, holder},
+	}
+}
+
+// Answered is the feedback of a call WeChat answered (not busy), for a
+// script that gives it in its own step (see FeedbackLua) instead of
+// Feedback.
+func (l *Limiter) Answered(appid, holder string) FeedbackArgs {
+	return l.feedbackArgs(appid, holder, Answered)
+}
 
 // Outcome is how a call went, for pacing.
 type Outcome int
@@ -402,12 +436,8 @@ const (
 // Feedback tells the limiter how a call went, so that the platform's pace
 // adapts, and spends the holder's slot: the holder cannot find it again.
 func (l *Limiter) Feedback(ctx context.Context, appid, holder string, o Outcome) error {
-	b := [...]string{Answered: "0", Busy: "1", NoAnswer: "-"}[o]
-	p := l.pacing
-	lanes := laneKeys(l.prefix, appid)
-	err := feedbackScript.Run(ctx, l.rdb, []string{l.factorKey(appid), l.windowKey(appid), lanes[1], lanes[3]},
-		b, p.Decrease, p.Increase, p.MinFactor, p.BurstCount, p.BurstRatio, holder).Err()
-	if err != nil {
+	f := l.feedbackArgs(appid, holder, o)
+	if err := feedbackScript.Run(ctx, l.rdb, f.Keys[:], f.Args[:]...).Err(); err != nil {
 		return fmt.Errorf("record pacing feedback for %s: %w", appid, err)
 	}
 	return nil

@@ -207,6 +207,35 @@ func (s *Store) Get(ctx context.Context, id string) (*Record, error) {
 	return &r, nil
 }
 
+// GetMany reads records in one round trip: nil where there is none (or
+// it cannot be decoded).
+func (s *Store) GetMany(ctx context.Context, ids []string) ([]*Record, error) {
+	out := make([]*Record, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = s.key(id)
+	}
+	vals, err := s.rdb.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read records: %w", err)
+	}
+	for i, v := range vals {
+		str, ok := v.(string)
+		if !ok {
+			continue
+		}
+		var r Record
+		if json.Unmarshal([]byte(str), &r) == nil {
+			r.stored = []byte(str)
+			out[i] = &r
+		}
+	}
+	return out, nil
+}
+
 // Create writes a new record unless one exists; it reports whether it wrote.
 func (s *Store) Create(ctx context.Context, r *Record) (bool, error) {
 	r.stamp(s.now().UTC())

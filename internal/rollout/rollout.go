@@ -783,13 +783,20 @@ func (s *Service) Tasks(ctx context.Context, id string, status tasks.Status, cur
 		if err != nil {
 			return nil, "", fmt.Errorf("list rollout %s: %w", id, err)
 		}
+		var appids []string
+		var sts []tasks.Status
 		for i := 0; i+1 < len(kv); i += 2 {
 			st := tasks.Status(kv[i+1])
 			if status != "" && st != status {
 				continue
 			}
-			out = append(out, s.outcome(ctx, r, kv[i], st))
+			appids, sts = append(appids, kv[i]), append(sts, st)
 		}
+		page, err := s.outcomes(ctx, r, appids, sts)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, page...)
 		cur = next
 		if cur == 0 {
 			return out, "", nil
@@ -800,24 +807,43 @@ func (s *Service) Tasks(ctx context.Context, id string, status tasks.Status, cur
 	}
 }
 
-// outcome reads a platform's part in the rollout from its latest record.
-func (s *Service) outcome(ctx context.Context, r *Rollout, appid string, st tasks.Status) Outcome {
-	o := Outcome{Platform: appid, Status: st, TaskID: TaskID(r.ID, r.Attempt, appid)}
-	if rec, err := s.client.Get(ctx, o.TaskID); err == nil {
-		o.ErrCode, o.ErrMsg, o.Error, o.Note, o.Preflight = rec.ErrCode, rec.ErrMsg, rec.Error, rec.Note, rec.Preflight
-	} else if r.Attempt > 0 {
-		// Not retried in this attempt: the outcome is from an earlier one.
-		for a := r.Attempt - 1; a >= 0; a-- {
-			if rec, err := s.client.Get(ctx, TaskID(r.ID, a, appid)); err == nil {
-				o.TaskID, o.ErrCode, o.ErrMsg, o.Error, o.Note, o.Preflight = rec.TaskID, rec.ErrCode, rec.ErrMsg, rec.Error, rec.Note, rec.Preflight
-				break
+// outcomes reads platforms' parts in the rollout from their latest
+// records: one read for the current attempt's, one more per earlier
+// attempt for those it did not retry.
+func (s *Service) outcomes(ctx context.Context, r *Rollout, appids []string, sts []tasks.Status) ([]Outcome, error) {
+	out := make([]Outcome, len(appids))
+	missing := make([]int, 0, len(appids))
+	for i, a := range appids {
+		out[i] = Outcome{Platform: a, Status: sts[i], TaskID: TaskID(r.ID, r.Attempt, a)}
+		missing = append(missing, i)
+	}
+	for a := r.Attempt; a >= 0 && len(missing) > 0; a-- {
+		ids := make([]string, len(missing))
+		for j, i := range missing {
+			ids[j] = TaskID(r.ID, a, appids[i])
+		}
+		recs, err := s.client.Store().GetMany(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		left := missing[:0]
+		for j, i := range missing {
+			rec := recs[j]
+			if rec == nil {
+				left = append(left, i)
+				continue
 			}
+			o := &out[i]
+			o.TaskID, o.ErrCode, o.ErrMsg, o.Error, o.Note, o.Preflight = rec.TaskID, rec.ErrCode, rec.ErrMsg, rec.Error, rec.Note, rec.Preflight
+		}
+		missing = left
+	}
+	for i := range out {
+		if out[i].Error == "" && out[i].Status == tasks.StatusFailed {
+			out[i].Error = r.Error // never queued: the fan-out failed
 		}
 	}
-	if o.Error == "" && st == tasks.StatusFailed {
-		o.Error = r.Error // never queued: the fan-out failed
-	}
-	return o
+	return out, nil
 }
 
 // PreflightFailures lists the platforms whose change found a domain not
@@ -833,15 +859,18 @@ func (s *Service) PreflightFailures(ctx context.Context, id string) ([]Outcome, 
 		return nil, fmt.Errorf("list rollout %s preflight failures: %w", id, err)
 	}
 	sort.Strings(appids)
-	out := make([]Outcome, 0, len(appids))
-	for _, a := range appids {
-		st, err := s.rdb.HGet(ctx, s.stateKey(id), a).Result()
-		if err != nil && !errors.Is(err, redis.Nil) {
+	sts := make([]tasks.Status, len(appids))
+	if len(appids) > 0 {
+		vals, err := s.rdb.HMGet(ctx, s.stateKey(id), appids...).Result()
+		if err != nil {
 			return nil, fmt.Errorf("list rollout %s: %w", id, err)
 		}
-		out = append(out, s.outcome(ctx, r, a, tasks.Status(st)))
+		for i, v := range vals {
+			st, _ := v.(string)
+			sts[i] = tasks.Status(st)
+		}
 	}
-	return out, nil
+	return s.outcomes(ctx, r, appids, sts)
 }
 
 // Cancel stops what has not run: the fan-out stops, queued and retrying

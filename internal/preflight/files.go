@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -68,11 +69,47 @@ type Files struct {
 	fetch  FetchFunc
 	ttl    time.Duration
 	group  singleflight.Group
+
+	// local keeps what was read for a short while (localTTL): a change's
+	// preflight then reads only its domains' results from Redis.
+	mu    sync.Mutex
+	local map[string]kept
 }
+
+// kept is a platform's file, or the refusal remembered instead, as read.
+type kept struct {
+	file        File
+	unavailable string
+	until       time.Time
+}
+
+// localTTL is how long a process trusts the file it read for a change's
+// preflight: a file WeChat replaced is seen by every process within it
+// (a domain found serving other content also makes the file be asked for
+// again, see Run). Get and a fresh Run (an operator's) read Redis.
+const localTTL = time.Minute
 
 // NewFiles returns the file cache; fetch is called on a miss.
 func NewFiles(rdb redis.UniversalClient, prefix string, fetch FetchFunc) *Files {
-	return &Files{rdb: rdb, prefix: prefix, fetch: fetch, ttl: DefaultFileTTL}
+	return &Files{rdb: rdb, prefix: prefix, fetch: fetch, ttl: DefaultFileTTL, local: map[string]kept{}}
+}
+
+func (f *Files) keep(appid string, k kept) {
+	k.until = time.Now().Add(localTTL)
+	f.mu.Lock()
+	f.local[appid] = k
+	f.mu.Unlock()
+}
+
+func (f *Files) kept(appid string) (kept, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k, ok := f.local[appid]
+	if ok && time.Now().After(k.until) {
+		delete(f.local, appid)
+		return kept{}, false
+	}
+	return k, ok
 }
 
 func (f *Files) key(appid string) string     { return f.prefix + "confirmfile:" + appid }
@@ -89,10 +126,12 @@ func (f *Files) cached(ctx context.Context, appid string) (File, bool, error) {
 	if s, ok := vals[0].(string); ok {
 		var file File
 		if json.Unmarshal([]byte(s), &file) == nil && file.Name != "" {
+			f.keep(appid, kept{file: file})
 			return file, true, nil
 		}
 	}
 	if s, ok := vals[1].(string); ok {
+		f.keep(appid, kept{unavailable: s})
 		return File{}, false, &UnavailableError{Reason: s}
 	}
 	return File{}, false, nil
@@ -103,6 +142,18 @@ func (f *Files) cached(ctx context.Context, appid string) (File, bool, error) {
 // under a lock, the others waiting for its answer (a rollout's changes of
 // one platform would otherwise each spend a call and a rate slot).
 func (f *Files) Get(ctx context.Context, appid string) (File, error) {
+	return f.get(ctx, appid, false)
+}
+
+// get is Get; recent takes what this process read within localTTL (a
+// change's preflight) instead of reading Redis.
+func (f *Files) get(ctx context.Context, appid string, recent bool) (File, error) {
+	if k, ok := f.kept(appid); ok && recent {
+		if k.unavailable != "" {
+			return File{}, &UnavailableError{Reason: k.unavailable}
+		}
+		return k.file, nil
+	}
 	if file, ok, err := f.cached(ctx, appid); ok || err != nil {
 		return file, err
 	}
@@ -157,6 +208,7 @@ func (f *Files) Fetch(ctx context.Context, appid string) (File, error) {
 		if serr := f.rdb.Set(ctx, f.errKey(appid), ue.Reason, unavailableTTL).Err(); serr != nil {
 			return File{}, &StoreError{Op: "remember refusal of verification file of " + appid, Err: serr}
 		}
+		f.keep(appid, kept{unavailable: ue.Reason})
 	}
 	if err != nil {
 		return File{}, err
@@ -174,6 +226,7 @@ func (f *Files) Fetch(ctx context.Context, appid string) (File, error) {
 	if err != nil {
 		return File{}, &StoreError{Op: "keep verification file of " + appid, Err: err}
 	}
+	f.keep(appid, kept{file: file})
 	return file, nil
 }
 
@@ -232,7 +285,7 @@ func (r Report) Passed() []string {
 // (at most once a minute) and, if it changed, the domains are checked
 // against the new one.
 func (p *Preflight) Run(ctx context.Context, appid string, domains []string, fresh bool) (Report, error) {
-	file, err := p.Files.Get(ctx, appid)
+	file, err := p.Files.get(ctx, appid, !fresh)
 	if err != nil {
 		return Report{}, err
 	}

@@ -340,13 +340,15 @@ func TestMismatchRefetchesTheFile(t *testing.T) {
 	b := setup(t)
 	b.server.ServeFile("good.example.com", "new.txt", "v2")
 	var fetches atomic.Int32
-	files := preflight.NewFiles(b.rdb.Client, b.rdb.Prefix, func(_ context.Context, appid string) (string, string, error) {
+	fetch := func(_ context.Context, appid string) (string, string, error) {
 		if fetches.Add(1) == 1 {
 			return "new.txt", "v1", nil
 		}
 		return "new.txt", "v2", nil
-	})
-	p := &preflight.Preflight{Files: files, Checker: b.checker(b.server.CheckerConfig())}
+	}
+	// One process fetched the file; another checks the domain against it.
+	files := preflight.NewFiles(b.rdb.Client, b.rdb.Prefix, fetch)
+	p := &preflight.Preflight{Files: preflight.NewFiles(b.rdb.Client, b.rdb.Prefix, fetch), Checker: b.checker(b.server.CheckerConfig())}
 	// The first fetch is made to look older than a minute.
 	_, err := files.Get(context.Background(), "wx0123456789abcdef")
 	require.NoError(t, err)

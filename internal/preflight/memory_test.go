@@ -1,0 +1,80 @@
+package preflight_test
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wxdomain/wxdomain/internal/preflight"
+)
+
+// fileReads counts the commands that read a platform's file.
+type fileReads struct{ n atomic.Int64 }
+
+func (h *fileReads) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *fileReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.see(cmd)
+		return next(ctx, cmd)
+	}
+}
+func (h *fileReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			h.see(c)
+		}
+		return next(ctx, cmds)
+	}
+}
+func (h *fileReads) see(cmd redis.Cmder) {
+	for _, a := range cmd.Args()[1:] {
+		if s, ok := a.(string); ok && strings.Contains(s, "confirmfile:") {
+			h.n.Add(1)
+			return
+		}
+	}
+}
+
+// TestAChangesPreflightReadsTheFileOncePerMinute: the changes of a
+// platform checked by one process read its file from Redis once (then
+// from memory), while an operator's check reads it afresh.
+func TestAChangesPreflightReadsTheFileOncePerMinute(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.server.ServeFile("good.example.com", "abc123.txt", "verify-abc123")
+	c := redis.NewClient(b.rdb.Client.(*redis.Client).Options())
+	t.Cleanup(func() { _ = c.Close() })
+	reads := &fileReads{}
+	c.AddHook(reads)
+	var fetches atomic.Int32
+	p := &preflight.Preflight{
+		Files: preflight.NewFiles(c, b.rdb.Prefix, func(context.Context, string) (string, string, error) {
+			fetches.Add(1)
+			return "abc123.txt", "verify-abc123", nil
+		}),
+		Checker: preflight.NewChecker(c, b.rdb.Prefix, b.server.CheckerConfig()),
+	}
+	ctx := context.Background()
+	const app = "wx0123456789abcdef"
+	for i := 0; i < 5; i++ {
+		rep, err := p.Run(ctx, app, []string{"good.example.com"}, false)
+		require.NoError(t, err)
+		require.True(t, rep.Findings[0].OK(), rep.Findings[0].Detail)
+	}
+	assert.EqualValues(t, 1, fetches.Load())
+	afterChanges := reads.n.Load()
+	// The miss, the lock's double check, the fetch's write: then memory.
+	assert.LessOrEqual(t, afterChanges, int64(4))
+
+	_, err := p.Run(ctx, app, []string{"good.example.com"}, true)
+	require.NoError(t, err)
+	assert.Greater(t, reads.n.Load(), afterChanges, "an operator's check reads the file from Redis")
+	_, err = p.Files.Get(ctx, app)
+	require.NoError(t, err)
+	assert.EqualValues(t, 1, fetches.Load())
+}

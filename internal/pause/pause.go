@@ -71,7 +71,14 @@ type Store struct {
 type kept struct {
 	p      Pause
 	paused bool
+	readAt time.Time
 }
+
+// pausedRecheck: a pause kept in memory is read again after this long (a
+// resume by a process that announces nothing, of a version before the
+// announcements, is then seen); a platform known not paused is trusted
+// until a change is announced.
+const pausedRecheck = 5 * time.Second
 
 // NewStore returns a pause store under a key prefix.
 func NewStore(rdb redis.UniversalClient, prefix string) *Store {
@@ -152,6 +159,9 @@ func (s *Store) SetForTicket(ctx context.Context, appid string, p Pause, receive
 // Watch follows the fleet's changes, else from Redis.
 func (s *Store) Get(ctx context.Context, appid string) (Pause, bool, error) {
 	k, seen, ok := s.cache.Get(appid)
+	if ok && k.paused && s.now().Sub(k.readAt) > pausedRecheck {
+		ok = false
+	}
 	if ok {
 		if k.paused && s.now().Before(k.p.Until) {
 			return k.p, true, nil
@@ -160,7 +170,7 @@ func (s *Store) Get(ctx context.Context, appid string) (Pause, bool, error) {
 	}
 	p, _, paused, err := s.get(ctx, appid)
 	if err == nil {
-		s.cache.Remember(appid, kept{p: p, paused: paused}, seen)
+		s.cache.Remember(appid, kept{p: p, paused: paused, readAt: s.now()}, seen)
 	}
 	return p, paused, err
 }

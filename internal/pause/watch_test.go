@@ -117,3 +117,35 @@ func TestUnwatchedPausesAreReadFromRedis(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, paused)
 }
+
+// TestAPauseEndedWithoutNoticeIsSeenSoon: a pause deleted by a process
+// that announces nothing (an earlier version's resume) is seen gone once
+// the kept pause is older than pausedRecheck.
+func TestAPauseEndedWithoutNoticeIsSeenSoon(t *testing.T) {
+	t.Parallel()
+	const app = "wx00000000000000cc"
+	rb := redistest.Mini(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	worker := NewStore(rb.Client, rb.Prefix)
+	done := make(chan struct{})
+	go func() { defer close(done); worker.Watch(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	require.Eventually(t, worker.cache.Live, 5*time.Second, 5*time.Millisecond)
+
+	_, err := NewStore(rb.Client, rb.Prefix).Set(ctx, app, Pause{Kind: KindDailyQuota, Reason: "quota", Until: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, paused, err := worker.Get(ctx, app)
+		return err == nil && paused
+	}, 5*time.Second, 5*time.Millisecond)
+
+	require.NoError(t, rb.Client.Del(ctx, rb.Prefix+"pause:"+app).Err()) // no announcement
+	_, paused, err := worker.Get(ctx, app)
+	require.NoError(t, err)
+	assert.True(t, paused, "still kept")
+	worker.now = func() time.Time { return time.Now().Add(pausedRecheck + time.Second) }
+	_, paused, err = worker.Get(ctx, app)
+	require.NoError(t, err)
+	assert.False(t, paused, "read again once older than pausedRecheck")
+}

@@ -383,12 +383,47 @@ func (c *Client) EnqueueRollout(ctx context.Context, rollout string, attempt int
 	// A record there already is queued again: a fan-out that stopped
 	// between a record and its task repairs it (asynq refuses a second
 	// task with the same id; a change that ran finds its record final).
-	for _, rec := range recs {
-		if err := c.enqueueTask(ctx, rec, EnqueueOptions{}); err != nil {
-			return nil, err
-		}
+	// The batch's tasks go a few at a time: each is a round trip of its
+	// own (asynq queues one task per call).
+	if err := eachAtOnce(ctx, len(recs), fanoutParallel, func(ctx context.Context, i int) error {
+		return c.enqueueTask(ctx, recs[i], EnqueueOptions{})
+	}); err != nil {
+		return nil, err
 	}
 	return problems, nil
+}
+
+// fanoutParallel is how many of a batch's tasks are queued at once.
+const fanoutParallel = 8
+
+// eachAtOnce runs fn for 0..n-1, at most parallel at a time, and returns
+// the first error (the rest are not started).
+func eachAtOnce(ctx context.Context, n, parallel int, fn func(context.Context, int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < min(parallel, n); w++ {
+		wg.Go(func() {
+			for i := range next {
+				if err := fn(ctx, i); err != nil {
+					cancel(err)
+				}
+			}
+		})
+	}
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+		}
+	}
+	close(next)
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return ctx.Err()
 }
 
 // enqueueOnce queues a change under a given id unless a record with that id

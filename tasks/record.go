@@ -360,6 +360,7 @@ var ErrRolloutStopping = errors.New("its rollout was canceled or retried")
 // not landed yet, or expired) is written from it. A rollout change's
 // update is refused with ErrRolloutStopping, in the same step, when its
 // rollout was canceled or its platform belongs to a later attempt.
+// queued is the store's from then on (fn may be applied to it).
 func (s *Store) Start(ctx context.Context, id string, queued *Record, fn func(*Record) error) (*Record, error) {
 	u := updateFrom{guard: true}
 	if queued != nil {
@@ -367,7 +368,7 @@ func (s *Store) Start(ctx context.Context, id string, queued *Record, fn func(*R
 		if err != nil {
 			return nil, fmt.Errorf("encode record %s: %w", id, err)
 		}
-		u.expect, u.create = b, true
+		u.expect, u.create, u.have = b, true, queued
 	}
 	return s.update(ctx, id, u, fn)
 }
@@ -386,6 +387,8 @@ type updateFrom struct {
 	guard bool
 	// pacing, if set, is the limiter's feedback given with the write.
 	pacing *limit.FeedbackArgs
+	// have, if set, is expect decoded, the store's to change (no decoding).
+	have *Record
 }
 
 func (s *Store) update(ctx context.Context, id string, u updateFrom, fn func(*Record) error) (*Record, error) {
@@ -404,7 +407,9 @@ func (s *Store) update(ctx context.Context, id string, u updateFrom, fn func(*Re
 	}
 	for i := 0; i < 50; i++ {
 		var r Record
-		if err := json.Unmarshal(b, &r); err != nil {
+		if i == 0 && u.have != nil {
+			r = *u.have
+		} else if err := json.Unmarshal(b, &r); err != nil {
 			return nil, fmt.Errorf("decode record %s: %w", id, err)
 		}
 		r.stored = b

@@ -15,30 +15,15 @@ import (
 	"github.com/wxdomain/wxdomain/tasks"
 )
 
-// commands counts the commands a client sends (a script call is one).
+// commands counts the commands a client sends (a script call is one),
+// handshakes of new connections aside.
 type commands struct{ n atomic.Int64 }
 
-func (c *commands) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (c *commands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		switch cmd.Name() {
-		case "hello", "client", "select":
-		default:
+func (c *commands) hook() redistest.Seen {
+	return func(cmd redis.Cmder) {
+		if !redistest.Handshake(cmd) {
 			c.n.Add(1)
 		}
-		return next(ctx, cmd)
-	}
-}
-func (c *commands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, cmd := range cmds {
-			switch cmd.Name() {
-			case "hello", "client", "select":
-			default:
-				c.n.Add(1)
-			}
-		}
-		return next(ctx, cmds)
 	}
 }
 
@@ -55,7 +40,7 @@ func counted(t *testing.T, rb redistest.Bundle) (*tasks.Store, *commands) {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	k := &commands{}
-	c.AddHook(k)
+	c.AddHook(k.hook())
 	return tasks.NewStore(c, rb.Prefix, time.Hour), k
 }
 

@@ -24,24 +24,6 @@ type byKey struct {
 	counts map[string]int
 }
 
-func (k *byKey) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (k *byKey) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		err := next(ctx, cmd)
-		k.add(cmd)
-		return err
-	}
-}
-func (k *byKey) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		err := next(ctx, cmds)
-		for _, c := range cmds {
-			k.add(c)
-		}
-		return err
-	}
-}
-
 func (k *byKey) add(cmd redis.Cmder) {
 	args := cmd.Args()
 	name := strings.ToLower(cmd.Name())
@@ -94,7 +76,7 @@ func (k *byKey) reset() map[string]int {
 // neither a pause nor a token read.
 func TestAChangeCostsTwoRecordWrites(t *testing.T) {
 	k := &byKey{counts: map[string]int{}}
-	b := setup(t, redistest.Real, setupOpts{hook: k, concurrency: 32})
+	b := setup(t, redistest.Real, setupOpts{hook: redistest.Seen(k.add), concurrency: 32})
 	runCounted(t, b, k, map[string]int{"record evalsha": 2, "asynq task": 2})
 }
 
@@ -104,7 +86,7 @@ func TestAChangeCostsTwoRecordWrites(t *testing.T) {
 func TestARateLimitedChangeCostsOneMore(t *testing.T) {
 	k := &byKey{counts: map[string]int{}}
 	fast := limit.Rate{PerSecond: 1000, Burst: 100}
-	b := setup(t, redistest.Real, setupOpts{hook: k, concurrency: 32, rates: map[string]limit.Rate{appA: fast, appB: fast}})
+	b := setup(t, redistest.Real, setupOpts{hook: redistest.Seen(k.add), concurrency: 32, rates: map[string]limit.Rate{appA: fast, appB: fast}})
 	runCounted(t, b, k, map[string]int{"record evalsha": 2, "asynq task": 2, "limiter evalsha": 1})
 }
 

@@ -11,26 +11,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wxdomain/wxdomain/internal/preflight"
+	"github.com/wxdomain/wxdomain/internal/redistest"
 )
 
-// fileReads counts the commands that read a platform's file.
+// fileReads counts the commands that touch a platform's file.
 type fileReads struct{ n atomic.Int64 }
 
-func (h *fileReads) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *fileReads) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.see(cmd)
-		return next(ctx, cmd)
-	}
-}
-func (h *fileReads) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		for _, c := range cmds {
-			h.see(c)
-		}
-		return next(ctx, cmds)
-	}
-}
 func (h *fileReads) see(cmd redis.Cmder) {
 	for _, a := range cmd.Args()[1:] {
 		if s, ok := a.(string); ok && strings.Contains(s, "confirmfile:") {
@@ -50,7 +36,7 @@ func TestAChangesPreflightReadsTheFileOncePerMinute(t *testing.T) {
 	c := redis.NewClient(b.rdb.Client.(*redis.Client).Options())
 	t.Cleanup(func() { _ = c.Close() })
 	reads := &fileReads{}
-	c.AddHook(reads)
+	c.AddHook(redistest.Seen(reads.see))
 	var fetches atomic.Int32
 	p := &preflight.Preflight{
 		Files: preflight.NewFiles(c, b.rdb.Prefix, func(context.Context, string) (string, string, error) {

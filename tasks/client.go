@@ -257,13 +257,14 @@ func (c *Client) enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 	}
 	r := &ride{key: c.store.key(taskID), value: b, ttl: c.store.ttl}
 	enqErr := c.enqueueTask(context.WithValue(ctx, rideKey{}, r), rec, opts)
-	created, createErr := r.outcome()
+	_, createErr := r.outcome()
 	if enqErr != nil {
 		// Nobody can repair this submission, so don't leave a queued
-		// record behind that no worker will ever run.
-		if created {
-			_ = c.store.Delete(context.WithoutCancel(ctx), taskID)
-		}
+		// record behind that no worker will ever run (whether or not the
+		// write's answer came back; the id is new, so nothing else is
+		// deleted, and a task that landed after all has its record
+		// written from the payload by the worker).
+		_ = c.store.Delete(context.WithoutCancel(ctx), taskID)
 		return nil, enqErr
 	}
 	if createErr != nil {
@@ -281,8 +282,10 @@ func (c *Client) enqueue(ctx context.Context, change JumpDomainChange, opts Enqu
 
 // ride is a record write that goes in the same round trip as the next
 // command sent under its context: asynq's own command that queues the
-// task. Redis then runs the two from one read, record first, for the
-// price of one round trip; asynq's command is sent as asynq made it.
+// task (or, the first time a process queues to a queue, asynq's SADD of
+// the queue's name, just before it: the record still goes first). Redis
+// runs the two from one read, for the price of one round trip; asynq's
+// command is sent as asynq made it.
 type ride struct {
 	key   string
 	value []byte

@@ -473,8 +473,8 @@ func (s *Store) update(ctx context.Context, id string, u updateFrom, fn func(*Re
 			lists = string(lb)
 		}
 		guard := ""
-		if u.guard && appid != "" && attempt != "" {
-			guard = "1"
+		if u.guard && appid != "" {
+			guard = "1" // the owner is compared only for an id naming its attempt
 		}
 		args := []any{b, nb, s.ttl.Milliseconds(), appid, string(r.Status), now.Format(time.RFC3339Nano), attempt, u.rolloutStatus, flag(r.PreflightFailed()), lists, flag(u.create), guard}
 		if u.pacing != nil {

@@ -136,7 +136,7 @@ if ARGV[8] and ARGV[8] ~= '' and redis.call('HGET', KEYS[4], 'status') ~= ARGV[8
 if ARGV[12] == '1' then
   if redis.call('HGET', KEYS[4], 'status') == 'canceled' then return -3 end
   local owner = redis.call('HGET', KEYS[4] .. ':owner', ARGV[4])
-  if owner and tonumber(owner) > tonumber(ARGV[7]) then return -3 end
+  if owner and ARGV[7] ~= '' and tonumber(owner) > tonumber(ARGV[7]) then return -3 end
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if ARGV[10] and ARGV[10] ~= '' then redis.call('SET', KEYS[5], ARGV[10], 'PX', ARGV[3]) end

@@ -285,3 +285,20 @@ func TestFinishGivesThePacingFeedbackInItsWrite(t *testing.T) {
 		})
 	}
 }
+
+// TestStartRefusesACanceledRolloutsChangeWhateverItsID: a change that
+// names a rollout under an id of another form (a library caller's) is
+// refused too while the rollout is canceled.
+func TestStartRefusesACanceledRolloutsChangeWhateverItsID(t *testing.T) {
+	b := setupClient(t, redistest.Real)
+	ctx := context.Background()
+	const rid = "fedcba9876543210"
+	rkey := tasks.RolloutKey(b.redis.Prefix, rid)
+	require.NoError(t, b.redis.Client.HSet(ctx, rkey, "status", "canceled", "attempt", 0, "total", 1).Err())
+	change := addChange("a.example.com")
+	change.RolloutID = rid
+	rec, err := b.client.Enqueue(ctx, change, tasks.EnqueueOptions{})
+	require.NoError(t, err)
+	_, err = b.client.Store().Start(ctx, rec.TaskID, queuedFromTask(t, b, rec.TaskID), running)
+	require.ErrorIs(t, err, tasks.ErrRolloutStopping)
+}

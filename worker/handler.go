@@ -774,7 +774,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 			p := h.limiter.Answered(rec.Platform, c.answered)
 			pacing = &p
 		}
-		_, err := h.updateRetrying(ctx, rec, pacing, func(r *tasks.Record) error {
+		_, retried, err := h.updateRetrying(ctx, rec, pacing, func(r *tasks.Record) error {
 			applyAnswer(r, res)
 			r.Note = note
 			if pf != nil {
@@ -786,9 +786,10 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 			}
 			return nil
 		})
-		if pacing != nil && err != nil {
-			// Not written (already final: a run before this one finished
-			// it; or Redis): the feedback on its own.
+		if pacing != nil && errors.Is(err, tasks.ErrFinal) && !retried {
+			// Not written: a run before this one finished it. The
+			// feedback on its own (not after a write whose answer was
+			// lost, which may have given it: it is not given twice).
 			if ferr := h.limiter.Feedback(ctx, rec.Platform, c.answered, limit.Answered); ferr != nil {
 				h.log.Debug("pacing feedback lost", zap.String("platform", rec.Platform), zap.Error(ferr))
 			}
@@ -814,7 +815,7 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 		})
 	}
 	var next time.Duration
-	updated, err := h.updateRetrying(ctx, rec, nil, func(r *tasks.Record) error {
+	updated, _, err := h.updateRetrying(ctx, rec, nil, func(r *tasks.Record) error {
 		r.Error = d.Reason
 		if d.APIErr != nil {
 			code := d.APIErr.Code
@@ -856,15 +857,16 @@ func (h *Handler) finish(ctx context.Context, rec *tasks.Record, res wechat.Jump
 // retry) lands too. asynq v0.26 makes that move once, under a context
 // already canceled, and a move lost leaves the change shown running until
 // asynq's recoverer takes it back, minutes later.
-func (h *Handler) updateRetrying(ctx context.Context, from *tasks.Record, pacing *limit.FeedbackArgs, fn func(*tasks.Record) error) (*tasks.Record, error) {
+func (h *Handler) updateRetrying(ctx context.Context, from *tasks.Record, pacing *limit.FeedbackArgs, fn func(*tasks.Record) error) (rec *tasks.Record, retried bool, err error) {
 	delay := 100 * time.Millisecond
 	for {
-		rec, err := h.store.FinishFrom(ctx, from, pacing, fn)
+		rec, err = h.store.FinishFrom(ctx, from, pacing, fn)
 		if !tasks.RedisUnavailable(err) || ctx.Err() != nil {
-			return rec, err
+			return rec, retried, err
 		}
+		retried = true
 		if sleepCtx(ctx, delay) != nil {
-			return rec, err
+			return rec, retried, err
 		}
 		delay = min(2*delay, time.Second)
 	}

@@ -104,17 +104,22 @@ func (s *Store) Set(ctx context.Context, appid string, p Pause) (bool, error) {
 	if ttl <= 0 {
 		return false, nil
 	}
-	var set *redis.BoolCmd
-	_, err := s.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
-		set = pl.SetNX(ctx, s.key(appid), format(p), ttl)
-		pl.Publish(ctx, s.cache.Channel(), appid)
-		return nil
-	})
+	n, err := setAndAnnounce.Run(ctx, s.rdb, []string{s.key(appid)}, format(p), ttl.Milliseconds(), s.cache.Channel(), appid).Int()
 	if err != nil {
 		return false, fmt.Errorf("pause platform %s: %w", appid, err)
 	}
-	return set.Val(), nil
+	s.cache.Forget(appid) // this process need not wait for its own notice
+	return n == 1, nil
 }
+
+// setAndAnnounce: KEYS pause; ARGV pause, TTL ms, the change channel, the
+// appid. Pauses unless paused, and announces it in the same step.
+var setAndAnnounce = redis.NewScript(`
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 1
+end
+return 0`)
 
 // setIfTicket: KEYS pause, ticket; ARGV pause, TTL ms, the received_at of
 // the ticket the pause is about ("" for none), the change channel, the
@@ -149,6 +154,7 @@ func (s *Store) SetForTicket(ctx context.Context, appid string, p Pause, receive
 	if err != nil {
 		return false, fmt.Errorf("pause platform %s: %w", appid, err)
 	}
+	s.cache.Forget(appid)
 	if n < 0 {
 		return false, ErrTicketChanged
 	}
@@ -175,10 +181,15 @@ func (s *Store) Get(ctx context.Context, appid string) (Pause, bool, error) {
 	return p, paused, err
 }
 
-// Read returns the platform's pause, if one is in force, from Redis.
+// Read returns the platform's pause, if one is in force, from Redis; what
+// it read is kept in memory too (it may be newer than what was kept).
 func (s *Store) Read(ctx context.Context, appid string) (Pause, bool, error) {
-	p, _, ok, err := s.get(ctx, appid)
-	return p, ok, err
+	seen := s.cache.Seen(appid)
+	p, _, paused, err := s.get(ctx, appid)
+	if err == nil {
+		s.cache.Remember(appid, kept{p: p, paused: paused, readAt: s.now()}, seen)
+	}
+	return p, paused, err
 }
 
 // get also returns the pause as stored, for compare-and-delete.
@@ -300,6 +311,7 @@ func (s *Store) lift(ctx context.Context, appid, expect string, forgetRefusal bo
 	if err != nil {
 		return "", nil, false, fmt.Errorf("lift pause of %s: %w", appid, err)
 	}
+	s.cache.Forget(appid)
 	for i := 1; i+1 < len(res); i += 2 {
 		deferred = append(deferred, Deferred{TaskID: res[i], Queue: res[i+1]})
 	}

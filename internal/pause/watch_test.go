@@ -132,4 +132,20 @@ func TestAPauseEndedWithoutNoticeIsSeenSoon(t *testing.T) {
 	_, paused, err = worker.Get(ctx, app)
 	require.NoError(t, err)
 	assert.False(t, paused, "read again once older than pausedRecheck")
+
+	// A read from Redis (a deferral's) updates what is kept.
+	worker.now = time.Now
+	_, err = NewStore(rb.Client, rb.Prefix).Set(ctx, app, Pause{Kind: KindDailyQuota, Reason: "quota", Until: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		_, paused, err := worker.Get(ctx, app)
+		return err == nil && paused
+	}, 5*time.Second, 5*time.Millisecond)
+	require.NoError(t, rb.Client.Del(ctx, rb.Prefix+"pause:"+app).Err())
+	_, paused, err = worker.Read(ctx, app)
+	require.NoError(t, err)
+	require.False(t, paused)
+	_, paused, err = worker.Get(ctx, app)
+	require.NoError(t, err)
+	assert.False(t, paused, "the fresh read is what is kept now")
 }

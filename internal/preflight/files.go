@@ -76,11 +76,11 @@ type Files struct {
 	local map[string]kept
 }
 
-// kept is a platform's file, or the refusal remembered instead, as read.
+// kept is a platform's file as read (a refusal remembered instead is
+// not kept: it is read from Redis, where another process may end it).
 type kept struct {
-	file        File
-	unavailable string
-	until       time.Time
+	file  File
+	until time.Time
 }
 
 // localTTL is how long a process trusts the file it read for a change's
@@ -131,7 +131,6 @@ func (f *Files) cached(ctx context.Context, appid string) (File, bool, error) {
 		}
 	}
 	if s, ok := vals[1].(string); ok {
-		f.keep(appid, kept{unavailable: s})
 		return File{}, false, &UnavailableError{Reason: s}
 	}
 	return File{}, false, nil
@@ -149,9 +148,6 @@ func (f *Files) Get(ctx context.Context, appid string) (File, error) {
 // change's preflight) instead of reading Redis.
 func (f *Files) get(ctx context.Context, appid string, recent bool) (File, error) {
 	if k, ok := f.kept(appid); ok && recent {
-		if k.unavailable != "" {
-			return File{}, &UnavailableError{Reason: k.unavailable}
-		}
 		return k.file, nil
 	}
 	if file, ok, err := f.cached(ctx, appid); ok || err != nil {
@@ -208,7 +204,6 @@ func (f *Files) Fetch(ctx context.Context, appid string) (File, error) {
 		if serr := f.rdb.Set(ctx, f.errKey(appid), ue.Reason, unavailableTTL).Err(); serr != nil {
 			return File{}, &StoreError{Op: "remember refusal of verification file of " + appid, Err: serr}
 		}
-		f.keep(appid, kept{unavailable: ue.Reason})
 	}
 	if err != nil {
 		return File{}, err
@@ -296,6 +291,22 @@ func (p *Preflight) Run(ctx context.Context, appid string, domains []string, fre
 	mismatch := false
 	for _, f := range findings {
 		mismatch = mismatch || f.Result == ResultMismatch
+	}
+	if mismatch && !fresh {
+		// This process's copy may be older than the fleet's: another
+		// process may have asked WeChat for the file already.
+		if nf, ok, err := p.Files.cached(ctx, appid); err == nil && ok {
+			file, nf = nf, file
+			if nf.Name != file.Name || nf.Content != file.Content {
+				if findings, err = p.Checker.Check(ctx, file, domains, fresh); err != nil {
+					return Report{}, err
+				}
+				mismatch = false
+				for _, f := range findings {
+					mismatch = mismatch || f.Result == ResultMismatch
+				}
+			}
+		}
 	}
 	if mismatch && time.Since(file.FetchedAt) > refetchAfter {
 		nf, err := p.Files.Fetch(ctx, appid)

@@ -64,3 +64,36 @@ func TestAChangesPreflightReadsTheFileOncePerMinute(t *testing.T) {
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, fetches.Load())
 }
+
+// TestAStaleCopyIsCheckedAgainstTheFleets: a process whose copy of the
+// file is older than the one another process fetched uses the fleet's on
+// a mismatch, without asking WeChat again.
+func TestAStaleCopyIsCheckedAgainstTheFleets(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.server.ServeFile("good.example.com", "abc123.txt", "v2")
+	var fetches atomic.Int32
+	content := "v1"
+	fetch := func(context.Context, string) (string, string, error) {
+		fetches.Add(1)
+		return "abc123.txt", content, nil
+	}
+	const app = "wx0123456789abcdef"
+	ctx := context.Background()
+	stale := &preflight.Preflight{Files: preflight.NewFiles(b.rdb.Client, b.rdb.Prefix, fetch), Checker: b.checker(b.server.CheckerConfig())}
+	rep, err := stale.Run(ctx, app, []string{"good.example.com"}, false)
+	require.NoError(t, err)
+	require.False(t, rep.Findings[0].OK(), "v1 against a domain serving v2")
+
+	// WeChat rotated the file; another process fetched it.
+	content = "v2"
+	_, err = preflight.NewFiles(b.rdb.Client, b.rdb.Prefix, fetch).Fetch(ctx, app)
+	require.NoError(t, err)
+	require.EqualValues(t, 2, fetches.Load())
+
+	rep, err = stale.Run(ctx, app, []string{"good.example.com"}, false)
+	require.NoError(t, err)
+	assert.True(t, rep.Findings[0].OK(), rep.Findings[0].Detail)
+	assert.Equal(t, "v2", rep.File.Content)
+	assert.EqualValues(t, 2, fetches.Load(), "no call to WeChat of its own")
+}

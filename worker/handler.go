@@ -272,7 +272,7 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 		}
 	}
 	var queued *tasks.Record
-	if !queuedAt.IsZero() {
+	if plausibleQueuedAt(queuedAt, time.Now()) {
 		queued = tasks.QueuedRecord(id, change, queue, queuedAt)
 	}
 	rec, stopped, err := h.begin(ctx, id, queue, change, queued, pf)
@@ -291,6 +291,14 @@ func (h *Handler) process(ctx context.Context, t *asynq.Task) error {
 
 	res, note, pf, c, err := h.call(ctx, id, change, pf)
 	return h.finish(ctx, rec, res, note, pf, c, err)
+}
+
+// plausibleQueuedAt: the payload's queued_at, from whoever queued the task,
+// shapes a record only when it could be a record's time (a task written
+// by a bare producer with a time of its own making, in the future or
+// older than any record lives, starts the usual way: read, or create now).
+func plausibleQueuedAt(at, now time.Time) bool {
+	return !at.IsZero() && !at.After(now.Add(time.Minute)) && now.Sub(at) <= tasks.DefaultResultTTL
 }
 
 // rolloutStopped ends a rollout change that must not run: its rollout was

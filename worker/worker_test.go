@@ -283,6 +283,26 @@ func TestAtLeastOnceRedeliveryDoesNotCallAgain(t *testing.T) {
 	assert.Equal(t, 1, got.Attempts)
 }
 
+// TestAnImplausibleQueuedAtIsNotTrusted: a bare producer's payload naming
+// a record time in the future does not date the record the worker writes.
+func TestAnImplausibleQueuedAtIsNotTrusted(t *testing.T) {
+	t.Parallel()
+	b := setup(t, redistest.Mini, setupOpts{})
+	payload := `{"platform":"` + appA + `","action":"add","domains":["a.com"],"queued_at":"2999-01-01T00:00:00Z"}`
+	info, err := asynq.NewClientFromRedisClient(b.redis.Client).Enqueue(asynq.NewTask(tasks.TypeJumpDomain, []byte(payload)), asynq.Queue(b.redis.Queue))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.Eventually(t, func() bool {
+		_, err := b.client.Get(ctx, info.ID)
+		return err == nil
+	}, 5*time.Second, 20*time.Millisecond)
+	rec, err := b.client.Wait(ctx, info.ID)
+	require.NoError(t, err)
+	assert.Equal(t, tasks.StatusSucceeded, rec.Status)
+	assert.WithinDuration(t, time.Now(), rec.CreatedAt, time.Minute, "dated now, not in 2999")
+}
+
 func TestTaskWithoutRecordGetsOne(t *testing.T) {
 	t.Parallel()
 	b := setup(t, redistest.Mini, setupOpts{})

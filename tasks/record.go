@@ -95,7 +95,7 @@ type Record struct {
 	Replayed bool `json:"-"`
 
 	// stored is the record's JSON as last read or written by the store:
-	// an update from it needs no read first (see Store.UpdateFrom).
+	// an update from it needs no read first (see Store.FinishFrom).
 	stored []byte
 }
 
@@ -324,16 +324,11 @@ func (s *Store) Update(ctx context.Context, id string, fn func(*Record) error) (
 	return s.update(ctx, id, updateFrom{}, fn)
 }
 
-// UpdateFrom is Update starting from a record this store read or wrote
-// (Get, Create, an earlier update): when the record is still that, the
-// update is one script call, no read first.
-func (s *Store) UpdateFrom(ctx context.Context, rec *Record, fn func(*Record) error) (*Record, error) {
-	return s.update(ctx, rec.TaskID, updateFrom{expect: rec.stored}, fn)
-}
-
-// FinishFrom is UpdateFrom that also gives the limiter its feedback of
-// the change's call (limit.Limiter.Answered), in the same step as the
-// write: done only if the record is written.
+// FinishFrom is Update starting from a record this store read or wrote
+// (Get, Create, Start, an earlier update): when the record is still that,
+// the update is one script call, no read first. pacing, if set, is the
+// limiter's feedback of the change's call (limit.Limiter.Answered), given
+// in the same step as the write: only if the record is written.
 func (s *Store) FinishFrom(ctx context.Context, rec *Record, pacing *limit.FeedbackArgs, fn func(*Record) error) (*Record, error) {
 	return s.update(ctx, rec.TaskID, updateFrom{expect: rec.stored, pacing: pacing}, fn)
 }

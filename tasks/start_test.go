@@ -104,7 +104,7 @@ func TestStartAndFinishAreOneCommandEach(t *testing.T) {
 			require.Len(t, got.Events, 2, "queued, then running")
 
 			n.n.Store(0)
-			done, err := store.UpdateFrom(ctx, started, succeeded)
+			done, err := store.FinishFrom(ctx, started, nil, succeeded)
 			require.NoError(t, err)
 			assert.Equal(t, int64(1), n.n.Load(), "finish: one script call")
 			assert.Equal(t, tasks.StatusSucceeded, done.Status)
@@ -114,7 +114,7 @@ func TestStartAndFinishAreOneCommandEach(t *testing.T) {
 			assert.NotNil(t, got.FinishedAt)
 
 			// From a record that is final now: nothing written.
-			_, err = store.UpdateFrom(ctx, started, running)
+			_, err = store.FinishFrom(ctx, started, nil, running)
 			assert.ErrorIs(t, err, tasks.ErrFinal)
 			_, err = store.Start(ctx, rec.TaskID, queued, running)
 			assert.ErrorIs(t, err, tasks.ErrFinal)
@@ -122,10 +122,10 @@ func TestStartAndFinishAreOneCommandEach(t *testing.T) {
 	}
 }
 
-// TestUpdateFromAStaleRecordAppliesToTheCurrentOne: a cancel requested
+// TestFinishFromAStaleRecordAppliesToTheCurrentOne: a cancel requested
 // after the worker read the record is not lost; the update applies to the
 // record as it stands, in one more command.
-func TestUpdateFromAStaleRecordAppliesToTheCurrentOne(t *testing.T) {
+func TestFinishFromAStaleRecordAppliesToTheCurrentOne(t *testing.T) {
 	for _, be := range redistest.Backends() {
 		t.Run(be.Name, func(t *testing.T) {
 			b := setupClient(t, be.Open)
@@ -146,7 +146,7 @@ func TestUpdateFromAStaleRecordAppliesToTheCurrentOne(t *testing.T) {
 
 			n.n.Store(0)
 			var sawCancel bool
-			got, err := store.UpdateFrom(ctx, started, func(r *tasks.Record) error {
+			got, err := store.FinishFrom(ctx, started, nil, func(r *tasks.Record) error {
 				sawCancel = r.CancelRequested
 				r.Status = tasks.StatusCanceled
 				return nil
